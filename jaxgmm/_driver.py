@@ -1,0 +1,186 @@
+"""The compiled EM loop: ``lax.while_loop`` to convergence, restarts by ``vmap``."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._chunking import split_rows
+from jaxgmm._covariance import COVARIANCE_OPS
+from jaxgmm._em import e_step, m_step
+from jaxgmm._init import initial_params
+from jaxgmm._params import FitResult, GaussianMixtureParams, Status
+
+
+class EMState(NamedTuple):
+    """Loop state of one EM run."""
+
+    params: GaussianMixtureParams
+    lower_bound: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    finite: jax.Array
+    history: jax.Array
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def run_em(
+    X_chunks: jax.Array,
+    weight_chunks: jax.Array,
+    params: GaussianMixtureParams,
+    tol: jax.Array,
+    reg_covar: jax.Array,
+    max_iter: int,
+) -> EMState:
+    """Iterate E- and M-steps until ``|change in lower bound| < tol`` or ``max_iter``.
+
+    The lower bound of an iteration is the mean log-likelihood computed in its E-step,
+    i.e. of the parameters *before* its M-step (scikit-learn's convention). A step
+    that produces non-finite values stops the loop and keeps the last finite params.
+
+    Args:
+        X_chunks: (N_chunks, C, D) data; weight_chunks: (N_chunks, C) sample weights.
+        params: initial parameters.
+        tol: () convergence threshold; reg_covar: () diagonal regularisation.
+        max_iter: maximum number of iterations (static).
+
+    Returns:
+        The final :class:`EMState`; ``history`` is (max_iter,), NaN after ``n_iter``.
+    """
+    dtype = X_chunks.dtype
+
+    def keep_going(state: EMState) -> jax.Array:
+        return (state.n_iter < max_iter) & ~state.converged & state.finite
+
+    def em_iteration(state: EMState) -> EMState:
+        stats = e_step(X_chunks, weight_chunks, state.params)
+        lower_bound = stats.log_lik_sum / stats.n
+        new_params = m_step(stats, reg_covar, state.params.covariance_type)
+        finite = jnp.isfinite(lower_bound) & _all_finite(new_params)
+        params = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), new_params, state.params
+        )
+        return EMState(
+            params=params,
+            lower_bound=jnp.where(finite, lower_bound, state.lower_bound),
+            n_iter=state.n_iter + 1,
+            converged=finite & (jnp.abs(lower_bound - state.lower_bound) < tol),
+            finite=finite,
+            history=state.history.at[state.n_iter].set(lower_bound),
+        )
+
+    state = EMState(
+        params=params,
+        lower_bound=jnp.asarray(-jnp.inf, dtype),
+        n_iter=jnp.asarray(0, jnp.int32),
+        converged=jnp.asarray(False),
+        finite=_all_finite(params),
+        history=jnp.full((max_iter,), jnp.nan, dtype),
+    )
+    return jax.lax.while_loop(keep_going, em_iteration, state)
+
+
+def _status(state: EMState) -> jax.Array:
+    return jnp.where(
+        ~state.finite,
+        Status.NON_FINITE,
+        jnp.where(state.converged, Status.CONVERGED, Status.MAX_ITER),
+    ).astype(jnp.int32)
+
+
+def _apply_user_init(
+    params: GaussianMixtureParams, weights_init, means_init, precisions_init
+) -> GaussianMixtureParams:
+    """Replace initial weights / means / precisions by the user's (scikit-learn's rule)."""
+    ops = COVARIANCE_OPS[params.covariance_type]
+    if weights_init is not None:
+        params = dataclasses.replace(params, weights=weights_init)
+    if means_init is not None:
+        params = dataclasses.replace(params, means=means_init)
+    if precisions_init is not None:
+        chol = ops.precisions_cholesky_from_precisions(precisions_init)
+        params = dataclasses.replace(
+            params,
+            precisions_cholesky=chol,
+            covariances=ops.covariances_from_precisions_cholesky(chol),
+        )
+    return params
+
+
+@partial(
+    jax.jit,
+    static_argnames=(
+        "n_components", "covariance_type", "max_iter", "n_init", "init", "chunk_size"
+    ),
+)
+def fit_compiled(
+    X: jax.Array,
+    sample_weight: jax.Array,
+    key: jax.Array,
+    tol: jax.Array,
+    reg_covar: jax.Array,
+    weights_init: jax.Array | None,
+    means_init: jax.Array | None,
+    precisions_init: jax.Array | None,
+    *,
+    n_components: int,
+    covariance_type: str,
+    max_iter: int,
+    n_init: int,
+    init: str,
+    chunk_size: int,
+) -> FitResult:
+    """The whole fit as one compiled program: centre, initialise, run EM, pick the best.
+
+    Args:
+        X: (N, D) validated data in the compute dtype; sample_weight: (N,).
+        key: PRNG key; tol, reg_covar: () scalars.
+        weights_init: (K,) or None; means_init: (K, D) or None; precisions_init:
+            covariance-type shaped or None.
+        n_components, covariance_type, max_iter, n_init, init, chunk_size: static.
+
+    Returns:
+        A :class:`FitResult` for the restart with the best finite lower bound.
+    """
+    # Work around the weighted data mean: exact float32 statistics for offset data.
+    center = jnp.sum(sample_weight[:, None] * X, axis=0) / jnp.sum(sample_weight)
+    X_chunks, weight_chunks = split_rows(X - center, sample_weight, chunk_size)
+    if means_init is not None:
+        means_init = means_init - center
+
+    def one_restart(restart_key: jax.Array) -> EMState:
+        params = initial_params(
+            restart_key, X_chunks, weight_chunks, n_components, covariance_type, init,
+            reg_covar,
+        )
+        params = _apply_user_init(params, weights_init, means_init, precisions_init)
+        return run_em(X_chunks, weight_chunks, params, tol, reg_covar, max_iter)
+
+    # Restart i always uses fold_in(key, i), so n_init = 8 contains the n_init = 1 run.
+    restart_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_init))
+    if n_init == 1:
+        states = jax.tree_util.tree_map(lambda a: a[None], one_restart(restart_keys[0]))
+    else:
+        states = jax.vmap(one_restart)(restart_keys)
+    statuses = jax.vmap(_status)(states)
+    scores = jnp.where(statuses == Status.NON_FINITE, -jnp.inf, states.lower_bound)
+    best = jnp.argmax(scores)
+    state = jax.tree_util.tree_map(lambda a: a[best], states)
+    params = dataclasses.replace(state.params, means=state.params.means + center)
+    return FitResult(
+        params=params,
+        lower_bound=state.lower_bound,
+        n_iter=state.n_iter,
+        converged=state.converged,
+        status=statuses[best],
+        history=state.history,
+        restart_lower_bounds=scores,
+    )

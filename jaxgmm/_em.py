@@ -1,0 +1,116 @@
+"""The E-step (data -> summed sufficient statistics) and the M-step (statistics -> parameters)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._chunking import chunked_sum
+from jaxgmm._covariance import COVARIANCE_OPS
+from jaxgmm._params import GaussianMixtureParams
+
+
+class Stats(NamedTuple):
+    """Per-component sufficient statistics summed over (weighted) points.
+
+    Attributes:
+        n_k: (K,) summed responsibilities.
+        s_x: (K, D) summed responsibility-weighted ``x - shift``.
+        s_xx: second moments around ``shift``; (K, D, D) full, (D, D) tied,
+            (K, D) diag, (K,) spherical.
+        shift: (K, D) the point each component's moments are taken around.
+        log_lik_sum: () summed weighted log-likelihood of the points.
+        n: () summed sample weights.
+    """
+
+    n_k: jax.Array
+    s_x: jax.Array
+    s_xx: jax.Array
+    shift: jax.Array
+    log_lik_sum: jax.Array
+    n: jax.Array
+
+
+def weighted_log_prob(X: jax.Array, params: GaussianMixtureParams) -> jax.Array:
+    """log(weight_k) + log N(x | mean_k, cov_k) for each point and component; -> (N, K)."""
+    ops = COVARIANCE_OPS[params.covariance_type]
+    return ops.log_prob(X, params.means, params.precisions_cholesky) + jnp.log(params.weights)
+
+
+def log_resp_and_norm(X: jax.Array, params: GaussianMixtureParams):
+    """Log responsibilities (N, K) and per-point log-likelihood (N,)."""
+    wlp = weighted_log_prob(X, params)
+    log_norm = jax.nn.logsumexp(wlp, axis=1)
+    return wlp - log_norm[:, None], log_norm
+
+
+def statistics_from_resp(
+    X: jax.Array, resp: jax.Array, sample_weight: jax.Array, shift: jax.Array,
+    covariance_type: str,
+) -> Stats:
+    """Sufficient statistics of one chunk for given responsibilities.
+
+    Args:
+        X: (C, D) rows; resp: (C, K) responsibilities; sample_weight: (C,);
+        shift: (K, D) the point each component's moments are taken around.
+
+    Returns:
+        :class:`Stats` of the chunk with ``log_lik_sum`` zero and ``shift`` None (it
+        is the same for every chunk and is attached after summing).
+    """
+    resp_w = resp * sample_weight[:, None]
+    s_x, s_xx = COVARIANCE_OPS[covariance_type].statistics(X, resp_w, shift)
+    zero = jnp.zeros((), X.dtype)
+    return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(sample_weight))
+
+
+def e_step(
+    X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtureParams
+) -> Stats:
+    """E-step over all chunks: summed sufficient statistics and log-likelihood.
+
+    Args:
+        X_chunks: (N_chunks, C, D) data; weight_chunks: (N_chunks, C) sample weights.
+        params: current parameters.
+
+    Returns:
+        :class:`Stats` summed over every point.
+    """
+    shift = COVARIANCE_OPS[params.covariance_type].shift(params.means)
+
+    def chunk_stats(X, sample_weight):
+        log_resp, log_norm = log_resp_and_norm(X, params)
+        stats = statistics_from_resp(
+            X, jnp.exp(log_resp), sample_weight, shift, params.covariance_type
+        )
+        # Zero-weight rows (padding) never contribute, even if their density is extreme.
+        log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
+        return stats._replace(log_lik_sum=log_lik)
+
+    return chunked_sum(chunk_stats, X_chunks, weight_chunks)._replace(shift=shift)
+
+
+def m_step(stats: Stats, reg_covar: jax.Array, covariance_type: str) -> GaussianMixtureParams:
+    """New parameters from summed statistics (scikit-learn's M-step, shift-corrected).
+
+    Args:
+        stats: summed :class:`Stats`.
+        reg_covar: () non-negative value added to every covariance's diagonal.
+        covariance_type: one of ``full``, ``tied``, ``diag``, ``spherical``.
+
+    Returns:
+        The updated :class:`GaussianMixtureParams`.
+    """
+    ops = COVARIANCE_OPS[covariance_type]
+    n_k = stats.n_k + 10 * jnp.finfo(stats.n_k.dtype).eps
+    mean_shift = stats.s_x / n_k[:, None]
+    covariances = ops.covariances(n_k, mean_shift, stats.s_xx, reg_covar)
+    return GaussianMixtureParams(
+        weights=n_k / jnp.sum(n_k),
+        means=stats.shift + mean_shift,
+        covariances=covariances,
+        precisions_cholesky=ops.precisions_cholesky(covariances),
+        covariance_type=covariance_type,
+    )

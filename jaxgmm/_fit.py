@@ -1,0 +1,193 @@
+"""``jaxgmm.fit`` and ``jaxgmm.fit_many``: validated entry points to the compiled EM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgmm._chunking import chunk_size_for
+from jaxgmm._driver import fit_compiled
+from jaxgmm._keys import as_key
+from jaxgmm._params import FitResult, Status
+from jaxgmm._validation import (
+    check_data,
+    check_initial_params,
+    check_n_samples,
+    check_options,
+    check_sample_weight,
+    compute_dtype,
+    is_traced,
+)
+
+ILL_DEFINED_MESSAGE = (
+    "Fitting the mixture model failed because some components have ill-defined "
+    "empirical covariance (for instance caused by singleton or collapsed samples), and "
+    "every restart produced non-finite values. Try to decrease the number of "
+    "components, increase reg_covar, or scale the input data."
+)
+
+
+def fit(
+    X,
+    n_components: int,
+    *,
+    covariance_type: str = "full",
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 100,
+    n_init: int = 1,
+    init: str = "kmeans",
+    key=0,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    sample_weight=None,
+    chunk_size: int | None = None,
+) -> FitResult:
+    """Fit a Gaussian mixture to data by expectation-maximisation.
+
+    The whole fit (initialisation, EM loop, ``n_init`` restarts run in parallel by
+    ``vmap``) is one compiled program; a second call with the same shapes and static
+    options does not compile again. ``fit`` works under ``jax.jit`` and ``jax.vmap``.
+
+    Args:
+        X: (N, D) data. float64 input is fitted in float64 when x64 is enabled,
+            everything else in float32.
+        n_components: K, the number of mixture components.
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        tol: stop when the mean log-likelihood per point changes by less than this.
+        reg_covar: non-negative value added to the diagonal of every covariance.
+        max_iter: maximum number of EM iterations per restart.
+        n_init: number of restarts; the best final lower bound wins, and restarts
+            that turn non-finite are never chosen.
+        init: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
+        key: an int seed or a JAX PRNG key.
+        weights_init: (K,) initial weights, overriding the init method's.
+        means_init: (K, D) initial means.
+        precisions_init: initial precision matrices, shaped like the covariances:
+            (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical.
+        sample_weight: (N,) non-negative per-point weights (default all ones).
+        chunk_size: rows per E-step chunk; default keeps intermediates ~1 MiB.
+
+    Returns:
+        A :class:`FitResult` with ``params``, ``lower_bound``, ``n_iter``,
+        ``converged``, ``status`` and ``history``.
+
+    Raises:
+        ValueError, TypeError: invalid input, before anything is traced.
+        ValueError: every restart produced non-finite values (on concrete input;
+            under ``jit``/``vmap`` check ``result.status`` instead).
+    """
+    check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init)
+    X = check_data(X)
+    n_samples, n_features = X.shape
+    check_n_samples(n_samples, n_components)
+    sample_weight = check_sample_weight(sample_weight, n_samples, X.dtype, n_components)
+    inits = check_initial_params(
+        weights_init, means_init, precisions_init, covariance_type, n_components,
+        n_features, X.dtype,
+    )
+    if chunk_size is None:
+        chunk_size = chunk_size_for(n_samples, n_components, n_features)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    result = fit_compiled(
+        X,
+        sample_weight,
+        as_key(key),
+        jnp.asarray(tol, X.dtype),
+        jnp.asarray(reg_covar, X.dtype),
+        *inits,
+        n_components=n_components,
+        covariance_type=covariance_type,
+        max_iter=max_iter,
+        n_init=n_init,
+        init=init,
+        chunk_size=min(chunk_size, n_samples),
+    )
+    if not is_traced(result.status) and int(result.status) == Status.NON_FINITE:
+        raise ValueError(ILL_DEFINED_MESSAGE)
+    return result
+
+
+def stack_datasets(datasets, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
+    """Stack data sets into one zero-weight-padded batch.
+
+    Args:
+        datasets: a (B, N, D) array, or a sequence of B arrays (N_b, D) with the same D.
+        sample_weight: None, a (B, N) array, or a sequence of B arrays (N_b,).
+
+    Returns:
+        X: (B, N_max, D) and weights: (B, N_max); padded rows have weight 0.
+    """
+    if isinstance(datasets, (np.ndarray, jax.Array)) and np.ndim(datasets) == 3:
+        arrays = list(np.asarray(datasets))
+    elif isinstance(datasets, Sequence) and not isinstance(datasets, (str, bytes)):
+        arrays = [np.asarray(d) for d in datasets]
+    else:
+        raise ValueError(
+            "fit_many expects a (B, N, D) array or a list of (N_b, D) arrays, got "
+            f"{type(datasets).__name__} with shape {np.shape(datasets)}."
+        )
+    if not arrays:
+        raise ValueError("fit_many needs at least one data set.")
+    for b, a in enumerate(arrays):
+        if a.ndim != 2:
+            raise ValueError(f"data set {b} must be 2-D (N_b, D), got shape {a.shape}.")
+    n_features = {a.shape[1] for a in arrays}
+    if len(n_features) != 1:
+        raise ValueError(f"all data sets must have the same number of features, got {n_features}.")
+    if sample_weight is None:
+        weights = [np.ones(len(a)) for a in arrays]
+    else:
+        weights = [np.asarray(w) for w in sample_weight]
+        if len(weights) != len(arrays):
+            raise ValueError(
+                f"sample_weight has {len(weights)} entries but there are {len(arrays)} data sets."
+            )
+    n_max = max(len(a) for a in arrays)
+    dtype = np.result_type(*[a.dtype for a in arrays])
+    X = np.zeros((len(arrays), n_max, n_features.pop()), dtype=dtype)
+    W = np.zeros((len(arrays), n_max))
+    for b, (a, w) in enumerate(zip(arrays, weights, strict=True)):
+        if w.shape != (len(a),):
+            raise ValueError(
+                f"sample_weight for data set {b} must have shape ({len(a)},), got {w.shape}."
+            )
+        X[b, : len(a)] = a
+        W[b, : len(a)] = w
+    return X, W
+
+
+def fit_many(datasets, n_components: int, *, sample_weight=None, key=0, **options) -> FitResult:
+    """Fit one independent mixture per data set, all in one compiled, vmapped program.
+
+    Data sets of different lengths are padded with zero-weight rows, which change
+    nothing in the fit. Model ``b`` uses key ``fold_in(key, b)``.
+
+    Args:
+        datasets: a (B, N, D) array or a sequence of B arrays (N_b, D).
+        n_components: K for every model.
+        sample_weight: None, (B, N), or a sequence of (N_b,) weight arrays.
+        key: an int seed or a JAX PRNG key.
+        **options: any keyword option of :func:`fit`.
+
+    Returns:
+        A :class:`FitResult` whose every leaf has a leading (B,) axis. Models whose
+        every restart went non-finite have ``status == Status.NON_FINITE``; no error is
+        raised for them.
+    """
+    X, W = stack_datasets(datasets, sample_weight)
+    dtype = compute_dtype(X.dtype)
+    for b in range(X.shape[0]):
+        check_data(X[b], name=f"data set {b}")
+        check_sample_weight(W[b], X.shape[1], dtype, n_components)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(X.shape[0]))
+
+    def fit_one(x, w, k):
+        return fit(x, n_components, sample_weight=w, key=k, **options)
+
+    return jax.vmap(fit_one)(jnp.asarray(X, dtype), jnp.asarray(W, dtype), keys)

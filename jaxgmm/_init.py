@@ -1,0 +1,176 @@
+"""Initial parameters, computed inside the compiled program (scikit-learn's ``init_params``).
+
+Every method first builds responsibilities, then applies one M-step, exactly as
+scikit-learn does:
+
+* ``kmeans``: one-hot responsibilities from k-means (k-means++ seeding, then Lloyd).
+* ``k-means++``: responsibility one for each k-means++ seed point, zero elsewhere.
+* ``random``: uniform random responsibilities, normalised per point.
+* ``random_from_data``: responsibility one for K distinct random points.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._chunking import chunked_sum
+from jaxgmm._em import Stats, m_step, statistics_from_resp
+from jaxgmm._params import GaussianMixtureParams
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+_LLOYD_MAX_ITER = 300
+_LLOYD_TOL = 1e-4
+
+
+def _squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
+    """||x - c||^2 for each row and center; (C, D), (K, D) -> (C, K)."""
+    sq = jnp.sum(X * X, axis=1)[:, None] - 2.0 * X @ centers.T + jnp.sum(centers**2, axis=1)
+    return jnp.maximum(sq, 0.0)
+
+
+def kmeans_plusplus_indices(
+    key: jax.Array, X: jax.Array, sample_weight: jax.Array, n_clusters: int
+) -> jax.Array:
+    """Greedy k-means++ seeding (2 + log K local trials per seed, as scikit-learn).
+
+    Args:
+        key: PRNG key.
+        X: (N, D) rows; sample_weight: (N,) weights, rows with weight 0 never chosen.
+        n_clusters: K.
+
+    Returns:
+        (K,) row indices of the seeds.
+    """
+    n_trials = 2 + int(math.log(n_clusters))
+    key, first_key = jax.random.split(key)
+    first = jax.random.choice(first_key, X.shape[0], p=sample_weight / jnp.sum(sample_weight))
+    closest = jnp.sum((X - X[first]) ** 2, axis=1)
+
+    def add_seed(i, carry):
+        indices, closest = carry
+        potential = sample_weight * closest
+        total = jnp.sum(potential)
+        # All remaining mass on existing seeds (duplicated points): fall back to weights.
+        p = jnp.where(total > 0, potential / jnp.where(total > 0, total, 1.0),
+                      sample_weight / jnp.sum(sample_weight))
+        candidates = jax.random.choice(
+            jax.random.fold_in(key, i), X.shape[0], shape=(n_trials,), p=p
+        )
+        new_closest = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
+        best = jnp.argmin(jnp.sum(sample_weight[:, None] * new_closest, axis=0))
+        return indices.at[i].set(candidates[best]), new_closest[:, best]
+
+    indices = jnp.zeros(n_clusters, jnp.int32).at[0].set(first)
+    indices, _ = jax.lax.fori_loop(1, n_clusters, add_seed, (indices, closest))
+    return indices
+
+
+def kmeans_centers(
+    key: jax.Array, X_chunks: jax.Array, weight_chunks: jax.Array, n_clusters: int
+) -> jax.Array:
+    """Weighted k-means: k-means++ seeds, then Lloyd iterations; -> (K, D) centers.
+
+    Stops when the summed squared center shift falls below 1e-4 times the mean
+    per-feature variance (scikit-learn's rule) or after 300 iterations. Empty clusters
+    keep their previous center.
+    """
+    X = X_chunks.reshape(-1, X_chunks.shape[-1])
+    w = weight_chunks.reshape(-1)
+    centers = X[kmeans_plusplus_indices(key, X, w, n_clusters)]
+    mean = jnp.sum(w[:, None] * X, axis=0) / jnp.sum(w)
+    variance = jnp.sum(w[:, None] * (X - mean) ** 2, axis=0) / jnp.sum(w)
+    tol = _LLOYD_TOL * jnp.mean(variance)
+
+    def cluster_sums(centers):
+        def chunk_sums(Xc, wc):
+            labels = jnp.argmin(_squared_distances(Xc, centers), axis=1)
+            onehot = jax.nn.one_hot(labels, n_clusters, dtype=Xc.dtype) * wc[:, None]
+            return jnp.sum(onehot, axis=0), onehot.T @ Xc
+
+        return chunked_sum(chunk_sums, X_chunks, weight_chunks)
+
+    def lloyd_step(state):
+        centers, _, it = state
+        counts, sums = cluster_sums(centers)
+        new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centers)
+        return new, jnp.sum((new - centers) ** 2), it + 1
+
+    def keep_going(state):
+        _, shift, it = state
+        return (shift > tol) & (it < _LLOYD_MAX_ITER)
+
+    inf = jnp.asarray(jnp.inf, X.dtype)
+    centers, _, _ = jax.lax.while_loop(keep_going, lloyd_step, (centers, inf, 0))
+    return centers
+
+
+def _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, n_components, covariance_type):
+    """Summed statistics (around zero) for responsibilities ``resp_fn(X, row_ids)``."""
+    n_chunks, chunk_size, n_features = X_chunks.shape
+    row_ids = jnp.arange(n_chunks * chunk_size).reshape(n_chunks, chunk_size)
+    shift = jnp.zeros((n_components, n_features), X_chunks.dtype)
+
+    def chunk_stats(X, w, rows):
+        resp = resp_fn(X, rows).astype(X.dtype)
+        return statistics_from_resp(X, resp, w, shift, covariance_type)
+
+    stats = chunked_sum(chunk_stats, X_chunks, weight_chunks, row_ids)
+    return stats._replace(shift=shift)
+
+
+def initial_params(
+    key: jax.Array,
+    X_chunks: jax.Array,
+    weight_chunks: jax.Array,
+    n_components: int,
+    covariance_type: str,
+    init: str,
+    reg_covar: jax.Array,
+) -> GaussianMixtureParams:
+    """Initial parameters by one of :data:`INIT_METHODS`.
+
+    Args:
+        key: PRNG key.
+        X_chunks: (N_chunks, C, D) centred data; weight_chunks: (N_chunks, C).
+        n_components: K; covariance_type: the covariance type; init: the method.
+        reg_covar: () added to covariance diagonals.
+
+    Returns:
+        :class:`GaussianMixtureParams` from one M-step on the initial responsibilities.
+    """
+    w = weight_chunks.reshape(-1)
+    if init == "kmeans":
+        centers = kmeans_centers(key, X_chunks, weight_chunks, n_components)
+
+        def resp_fn(X, rows):
+            labels = jnp.argmin(_squared_distances(X, centers), axis=1)
+            return jax.nn.one_hot(labels, n_components)
+
+    elif init in ("k-means++", "random_from_data"):
+        if init == "k-means++":
+            X = X_chunks.reshape(-1, X_chunks.shape[-1])
+            seeds = kmeans_plusplus_indices(key, X, w, n_components)
+        else:
+            seeds = jax.random.choice(
+                key, w.shape[0], shape=(n_components,), replace=False, p=w / jnp.sum(w)
+            )
+
+        def resp_fn(X, rows):
+            return rows[:, None] == seeds[None, :]
+
+    elif init == "random":
+
+        def resp_fn(X, rows):
+            chunk_key = jax.random.fold_in(key, rows[0] // X.shape[0])
+            u = jax.random.uniform(chunk_key, (X.shape[0], n_components), X.dtype)
+            return u / jnp.sum(u, axis=1, keepdims=True)
+
+    else:
+        raise ValueError(f"unknown init {init!r}; expected one of {INIT_METHODS}")
+    stats: Stats = _stats_from_resp_fn(
+        resp_fn, X_chunks, weight_chunks, n_components, covariance_type
+    )
+    return m_step(stats, reg_covar, covariance_type)

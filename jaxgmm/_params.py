@@ -1,0 +1,93 @@
+"""Parameter and result pytrees of a Gaussian mixture."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import jax
+import jax.numpy as jnp
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GaussianMixtureParams:
+    """Parameters of a K-component Gaussian mixture in D dimensions.
+
+    Shapes follow scikit-learn's ``GaussianMixture`` for each covariance type:
+
+    ========================  ===========  ===========  ========  ===========
+    field                     full         tied         diag      spherical
+    ========================  ===========  ===========  ========  ===========
+    ``weights``               (K,)         (K,)         (K,)      (K,)
+    ``means``                 (K, D)       (K, D)       (K, D)    (K, D)
+    ``covariances``           (K, D, D)    (D, D)       (K, D)    (K,)
+    ``precisions_cholesky``   (K, D, D)    (D, D)       (K, D)    (K,)
+    ========================  ===========  ===========  ========  ===========
+
+    ``precisions_cholesky`` holds upper-triangular factors ``U`` with
+    ``U @ U.T == inv(covariance)`` (full, tied), or ``1 / sqrt(variance)`` (diag,
+    spherical), exactly as scikit-learn's ``precisions_cholesky_``.
+    """
+
+    weights: jax.Array
+    means: jax.Array
+    covariances: jax.Array
+    precisions_cholesky: jax.Array
+    covariance_type: str = dataclasses.field(default="full", metadata=dict(static=True))
+
+    @property
+    def n_components(self) -> int:
+        """Number of mixture components K."""
+        return self.means.shape[-2]
+
+    @property
+    def n_features(self) -> int:
+        """Number of data dimensions D."""
+        return self.means.shape[-1]
+
+    @property
+    def precisions(self) -> jax.Array:
+        """Precision matrices (inverse covariances), in ``covariances``' shape."""
+        u = self.precisions_cholesky
+        if self.covariance_type in ("full", "tied"):
+            return u @ jnp.swapaxes(u, -1, -2)
+        return u**2
+
+
+class Status(enum.IntEnum):
+    """How an EM run ended."""
+
+    CONVERGED = 0
+    MAX_ITER = 1
+    NON_FINITE = 2
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`jaxgmm.fit`.
+
+    Attributes:
+        params: the fitted :class:`GaussianMixtureParams` of the best restart.
+        lower_bound: (), mean (sample-weighted) log-likelihood per point of the best
+            restart, computed in the E-step of the last iteration (scikit-learn's
+            ``lower_bound_``).
+        n_iter: (), number of EM iterations run by the best restart.
+        converged: (), whether the best restart met ``tol`` before ``max_iter``.
+        status: (), a :class:`Status` code of the best restart.
+        history: (max_iter,), the lower bound after each iteration; NaN after
+            ``n_iter`` (scikit-learn's ``lower_bounds_``).
+        restart_lower_bounds: (n_init,), final lower bound of every restart,
+            ``-inf`` for restarts that became non-finite.
+    """
+
+    params: GaussianMixtureParams
+    lower_bound: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    status: jax.Array
+    history: jax.Array
+    restart_lower_bounds: jax.Array

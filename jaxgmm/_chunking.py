@@ -75,6 +75,4 @@ def chunked_map(fn: Callable, X: jax.Array, chunk_size: int):
         return fn(X)
     X_chunks, _ = split_rows(X, jnp.zeros(n_samples, X.dtype), chunk_size)
     out = jax.lax.map(fn, X_chunks)
-    return jax.tree_util.tree_map(
-        lambda a: a.reshape((-1,) + a.shape[2:])[:n_samples], out
-    )
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:])[:n_samples], out)

@@ -117,9 +117,7 @@ def _apply_user_init(
 
 @partial(
     jax.jit,
-    static_argnames=(
-        "n_components", "covariance_type", "max_iter", "n_init", "init", "chunk_size"
-    ),
+    static_argnames=("n_components", "covariance_type", "max_iter", "n_init", "init", "chunk_size"),
 )
 def fit_compiled(
     X: jax.Array,
@@ -158,7 +156,12 @@ def fit_compiled(
 
     def one_restart(restart_key: jax.Array) -> EMState:
         params = initial_params(
-            restart_key, X_chunks, weight_chunks, n_components, covariance_type, init,
+            restart_key,
+            X_chunks,
+            weight_chunks,
+            n_components,
+            covariance_type,
+            init,
             reg_covar,
         )
         params = _apply_user_init(params, weights_init, means_init, precisions_init)

@@ -47,7 +47,10 @@ def log_resp_and_norm(X: jax.Array, params: GaussianMixtureParams):
 
 
 def statistics_from_resp(
-    X: jax.Array, resp: jax.Array, sample_weight: jax.Array, shift: jax.Array,
+    X: jax.Array,
+    resp: jax.Array,
+    sample_weight: jax.Array,
+    shift: jax.Array,
     covariance_type: str,
 ) -> Stats:
     """Sufficient statistics of one chunk for given responsibilities.
@@ -66,9 +69,7 @@ def statistics_from_resp(
     return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(sample_weight))
 
 
-def e_step(
-    X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtureParams
-) -> Stats:
+def e_step(X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtureParams) -> Stats:
     """E-step over all chunks: summed sufficient statistics and log-likelihood.
 
     Args:

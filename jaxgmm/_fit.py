@@ -87,8 +87,13 @@ def fit(
     check_n_samples(n_samples, n_components)
     sample_weight = check_sample_weight(sample_weight, n_samples, X.dtype, n_components)
     inits = check_initial_params(
-        weights_init, means_init, precisions_init, covariance_type, n_components,
-        n_features, X.dtype,
+        weights_init,
+        means_init,
+        precisions_init,
+        covariance_type,
+        n_components,
+        n_features,
+        X.dtype,
     )
     if chunk_size is None:
         chunk_size = chunk_size_for(n_samples, n_components, n_features)

@@ -54,8 +54,11 @@ def kmeans_plusplus_indices(
         potential = sample_weight * closest
         total = jnp.sum(potential)
         # All remaining mass on existing seeds (duplicated points): fall back to weights.
-        p = jnp.where(total > 0, potential / jnp.where(total > 0, total, 1.0),
-                      sample_weight / jnp.sum(sample_weight))
+        p = jnp.where(
+            total > 0,
+            potential / jnp.where(total > 0, total, 1.0),
+            sample_weight / jnp.sum(sample_weight),
+        )
         candidates = jax.random.choice(
             jax.random.fold_in(key, i), X.shape[0], shape=(n_trials,), p=p
         )

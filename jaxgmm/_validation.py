@@ -85,8 +85,7 @@ def check_data(X, name: str = "X", n_features: int | None = None):
     n_samples, d = array.shape
     if n_samples == 0 or d == 0:
         raise ValueError(
-            f"{name} has shape {tuple(array.shape)}; it needs at least one sample and "
-            f"one feature."
+            f"{name} has shape {tuple(array.shape)}; it needs at least one sample and one feature."
         )
     if n_features is not None and d != n_features:
         raise ValueError(
@@ -100,9 +99,7 @@ def check_data(X, name: str = "X", n_features: int | None = None):
     return jax.numpy.asarray(array, dtype=dtype)
 
 
-def check_options(
-    n_components, covariance_type, tol, reg_covar, max_iter, n_init, init
-) -> None:
+def check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init) -> None:
     """Validate the scalar fit options; raises ValueError/TypeError with a fix."""
     _check_int(n_components, "n_components", minimum=1)
     _check_int(max_iter, "max_iter", minimum=0)
@@ -195,7 +192,12 @@ def _as_checked_array(value, name: str, shape: tuple, dtype):
 
 
 def check_initial_params(
-    weights_init, means_init, precisions_init, covariance_type, n_components, n_features,
+    weights_init,
+    means_init,
+    precisions_init,
+    covariance_type,
+    n_components,
+    n_features,
     dtype,
 ):
     """Validate user-given initial parameters (scikit-learn's meaning and shapes).
@@ -219,9 +221,7 @@ def check_initial_params(
     else:
         out.append(None)
     if means_init is not None:
-        out.append(
-            _as_checked_array(means_init, "means_init", (n_components, n_features), dtype)
-        )
+        out.append(_as_checked_array(means_init, "means_init", (n_components, n_features), dtype))
     else:
         out.append(None)
     if precisions_init is not None:

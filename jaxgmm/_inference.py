@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 
 import jax
@@ -86,7 +87,7 @@ def n_parameters(params) -> int:
 def bic(params, X) -> jax.Array:
     """Bayesian information criterion on X: (N, D) (lower is better); -> ()."""
     n = np.shape(X)[0]
-    return -2.0 * score(params, X) * n + n_parameters(params) * np.log(n)
+    return -2.0 * score(params, X) * n + n_parameters(params) * math.log(n)
 
 
 def aic(params, X) -> jax.Array:

@@ -66,7 +66,7 @@ def kmeans_plusplus_indices(
         best = jnp.argmin(jnp.sum(sample_weight[:, None] * new_closest, axis=0))
         return indices.at[i].set(candidates[best]), new_closest[:, best]
 
-    indices = jnp.zeros(n_clusters, jnp.int32).at[0].set(first)
+    indices = jnp.zeros(n_clusters, first.dtype).at[0].set(first)
     indices, _ = jax.lax.fori_loop(1, n_clusters, add_seed, (indices, closest))
     return indices
 

@@ -74,7 +74,7 @@ def run_em(
             n_iter=state.n_iter + 1,
             converged=finite & (jnp.abs(lower_bound - state.lower_bound) < tol),
             finite=finite,
-            history=state.history.at[state.n_iter].set(lower_bound),
+            history=state.history.at[state.n_iter].set(lower_bound) if max_iter else state.history,
         )
 
     state = EMState(

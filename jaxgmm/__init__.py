@@ -1,5 +1,7 @@
 """jaxgmm: Gaussian mixture models fitted by expectation-maximisation in JAX."""
 
+import importlib.util as _importlib_util
+
 from jaxgmm._fit import fit, fit_many
 from jaxgmm._inference import (
     aic,
@@ -31,3 +33,25 @@ __all__ = [
     "score",
     "score_samples",
 ]
+
+# The scikit-learn estimator is optional: listed only when scikit-learn is installed,
+# so that ``from jaxgmm import *`` works without it.
+if _importlib_util.find_spec("sklearn") is not None:
+    __all__.append("GaussianMixture")
+
+
+def __getattr__(name: str):
+    """Import ``GaussianMixture`` lazily; it needs scikit-learn, the rest does not."""
+    if name == "GaussianMixture":
+        try:
+            from jaxgmm._estimator import GaussianMixture
+        except ImportError as err:
+            if "sklearn" not in str(err):
+                raise
+            raise ImportError(
+                "jaxgmm.GaussianMixture needs scikit-learn, which is not installed. "
+                'Install it with: pip install "jaxgmm[sklearn]" (the functional API, '
+                "jaxgmm.fit and friends, works without it)."
+            ) from err
+        return GaussianMixture
+    raise AttributeError(f"module 'jaxgmm' has no attribute {name!r}")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxgmm._chunking import split_rows
 from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._em import e_step, m_step
+from jaxgmm._fit_progress import report_iteration
 from jaxgmm._init import initial_params
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 
@@ -39,6 +40,7 @@ def run_em(
     tol: jax.Array,
     reg_covar: jax.Array,
     max_iter: int,
+    report_progress: bool = False,
 ) -> EMState:
     """Iterate E- and M-steps until ``|change in lower bound| < tol`` or ``max_iter``.
 
@@ -51,6 +53,7 @@ def run_em(
         params: initial parameters.
         tol: () convergence threshold; reg_covar: () diagonal regularisation.
         max_iter: maximum number of iterations (static).
+        report_progress: call :func:`report_iteration` after each iteration (static).
 
     Returns:
         The final :class:`EMState`; ``history`` is (max_iter,), NaN after ``n_iter``.
@@ -65,6 +68,8 @@ def run_em(
         lower_bound = stats.log_lik_sum / stats.n
         new_params = m_step(stats, reg_covar, state.params.covariance_type)
         finite = jnp.isfinite(lower_bound) & _all_finite(new_params)
+        if report_progress:
+            jax.debug.callback(report_iteration, state.n_iter + 1, lower_bound)
         params = jax.tree_util.tree_map(
             lambda new, old: jnp.where(finite, new, old), new_params, state.params
         )
@@ -117,7 +122,15 @@ def _apply_user_init(
 
 @partial(
     jax.jit,
-    static_argnames=("n_components", "covariance_type", "max_iter", "n_init", "init", "chunk_size"),
+    static_argnames=(
+        "n_components",
+        "covariance_type",
+        "max_iter",
+        "n_init",
+        "init",
+        "chunk_size",
+        "report_progress",
+    ),
 )
 def fit_compiled(
     X: jax.Array,
@@ -135,6 +148,7 @@ def fit_compiled(
     n_init: int,
     init: str,
     chunk_size: int,
+    report_progress: bool = False,
 ) -> FitResult:
     """The whole fit as one compiled program: centre, initialise, run EM, pick the best.
 
@@ -143,7 +157,8 @@ def fit_compiled(
         key: PRNG key; tol, reg_covar: () scalars.
         weights_init: (K,) or None; means_init: (K, D) or None; precisions_init:
             covariance-type shaped or None.
-        n_components, covariance_type, max_iter, n_init, init, chunk_size: static.
+        n_components, covariance_type, max_iter, n_init, init, chunk_size,
+            report_progress: static options.
 
     Returns:
         A :class:`FitResult` for the restart with the best finite lower bound.
@@ -165,7 +180,7 @@ def fit_compiled(
             reg_covar,
         )
         params = _apply_user_init(params, weights_init, means_init, precisions_init)
-        return run_em(X_chunks, weight_chunks, params, tol, reg_covar, max_iter)
+        return run_em(X_chunks, weight_chunks, params, tol, reg_covar, max_iter, report_progress)
 
     # Restart i always uses fold_in(key, i), so n_init = 8 contains the n_init = 1 run.
     restart_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_init))

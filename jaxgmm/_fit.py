@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 
 from jaxgmm._chunking import chunk_size_for
 from jaxgmm._driver import fit_compiled
+from jaxgmm._fit_progress import fit_progress
 from jaxgmm._keys import as_key
 from jaxgmm._params import FitResult, Status
 from jaxgmm._validation import (
@@ -46,6 +48,7 @@ def fit(
     precisions_init=None,
     sample_weight=None,
     chunk_size: int | None = None,
+    progress: bool = False,
 ) -> FitResult:
     """Fit a Gaussian mixture to data by expectation-maximisation.
 
@@ -71,6 +74,9 @@ def fit(
             (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical.
         sample_weight: (N,) non-negative per-point weights (default all ones).
         chunk_size: rows per E-step chunk; default keeps intermediates ~1 MiB.
+        progress: show a progress bar of EM iterations (tqdm), updated from inside
+            the compiled loop. Off by default; has no effect under the user's own
+            ``jit``.
 
     Returns:
         A :class:`FitResult` with ``params``, ``lower_bound``, ``n_iter``,
@@ -99,20 +105,24 @@ def fit(
         chunk_size = chunk_size_for(n_samples, n_components, n_features)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    result = fit_compiled(
-        X,
-        sample_weight,
-        as_key(key),
-        jnp.asarray(tol, X.dtype),
-        jnp.asarray(reg_covar, X.dtype),
-        *inits,
-        n_components=n_components,
-        covariance_type=covariance_type,
-        max_iter=max_iter,
-        n_init=n_init,
-        init=init,
-        chunk_size=min(chunk_size, n_samples),
-    )
+    with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
+        result = fit_compiled(
+            X,
+            sample_weight,
+            as_key(key),
+            jnp.asarray(tol, X.dtype),
+            jnp.asarray(reg_covar, X.dtype),
+            *inits,
+            n_components=n_components,
+            covariance_type=covariance_type,
+            max_iter=max_iter,
+            n_init=n_init,
+            init=init,
+            chunk_size=min(chunk_size, n_samples),
+            report_progress=bool(progress),
+        )
+        if progress and not is_traced(result.status):
+            jax.block_until_ready(result)
     if not is_traced(result.status) and int(result.status) == Status.NON_FINITE:
         raise ValueError(ILL_DEFINED_MESSAGE)
     return result
@@ -167,7 +177,9 @@ def stack_datasets(datasets, sample_weight=None) -> tuple[np.ndarray, np.ndarray
     return X, W
 
 
-def fit_many(datasets, n_components: int, *, sample_weight=None, key=0, **options) -> FitResult:
+def fit_many(
+    datasets, n_components: int, *, sample_weight=None, key=0, progress: bool = False, **options
+) -> FitResult:
     """Fit one independent mixture per data set, all in one compiled, vmapped program.
 
     Data sets of different lengths are padded with zero-weight rows, which change
@@ -178,6 +190,7 @@ def fit_many(datasets, n_components: int, *, sample_weight=None, key=0, **option
         n_components: K for every model.
         sample_weight: None, (B, N), or a sequence of (N_b,) weight arrays.
         key: an int seed or a JAX PRNG key.
+        progress: show one progress bar of EM iterations for the whole batch.
         **options: any keyword option of :func:`fit`.
 
     Returns:
@@ -193,6 +206,10 @@ def fit_many(datasets, n_components: int, *, sample_weight=None, key=0, **option
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(X.shape[0]))
 
     def fit_one(x, w, k):
-        return fit(x, n_components, sample_weight=w, key=k, **options)
+        return fit(x, n_components, sample_weight=w, key=k, progress=progress, **options)
 
-    return jax.vmap(fit_one)(jnp.asarray(X, dtype), jnp.asarray(W, dtype), keys)
+    max_iter = options.get("max_iter", 100)
+    description = f"EM fit of {X.shape[0]} models, K={n_components}"
+    with fit_progress(max_iter, description) if progress else nullcontext():
+        result = jax.vmap(fit_one)(jnp.asarray(X, dtype), jnp.asarray(W, dtype), keys)
+        return jax.block_until_ready(result) if progress else result

@@ -1,0 +1,77 @@
+"""Initialisation methods: scikit-learn's meaning, computed inside the compiled program."""
+
+import numpy as np
+import pytest
+
+import jaxgmm
+
+sklearn_cluster = pytest.importorskip("sklearn.cluster")
+
+
+def _blobs(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    return np.concatenate([rng.normal(size=(50, 2)) + c for c in centers])
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random_from_data"])
+def test_seed_point_inits_put_means_on_distinct_data_points(init):
+    X = _blobs()
+    start = jaxgmm.fit(X, 4, init=init, max_iter=0, key=3, reg_covar=1e-3).params
+    means = np.asarray(start.means)
+    rows = [np.flatnonzero(np.all(np.isclose(X, m, rtol=0, atol=1e-12), axis=1)) for m in means]
+    assert all(len(r) == 1 for r in rows), "every initial mean is a data point"
+    assert len({int(r[0]) for r in rows}) == 4, "and the points are distinct"
+    # Responsibility one on a single point: the covariance is just reg_covar.
+    np.testing.assert_allclose(
+        start.covariances, np.broadcast_to(np.eye(2) * 1e-3, (4, 2, 2)), atol=1e-12
+    )
+    np.testing.assert_allclose(start.weights, 0.25, rtol=1e-12)
+
+
+def test_kmeans_plusplus_spreads_seeds_over_separated_clusters():
+    X = _blobs(1)
+    for key in range(5):
+        means = np.asarray(jaxgmm.fit(X, 4, init="k-means++", max_iter=0, key=key).params.means)
+        clusters = {(int(m[0] > 5), int(m[1] > 5)) for m in means}
+        assert len(clusters) == 4
+
+
+def test_kmeans_init_matches_sklearn_kmeans():
+    X = _blobs(2)
+    start = jaxgmm.fit(X, 4, init="kmeans", max_iter=0, key=0).params
+    reference = sklearn_cluster.KMeans(4, n_init=1, random_state=0).fit(X)
+    ours = np.asarray(start.means)
+    ours = ours[np.lexsort(ours.T)]
+    ref = reference.cluster_centers_[np.lexsort(reference.cluster_centers_.T)]
+    np.testing.assert_allclose(ours, ref, atol=1e-9)
+    # One M-step on the one-hot labels: weights are the cluster fractions.
+    np.testing.assert_allclose(np.sort(start.weights), np.full(4, 0.25), atol=1e-12)
+
+
+def test_random_init_weights_are_near_uniform_and_means_near_data_mean():
+    X = _blobs(3)
+    start = jaxgmm.fit(X, 4, init="random", max_iter=0, key=5, covariance_type="diag").params
+    np.testing.assert_allclose(start.weights.sum(), 1.0, rtol=1e-12)
+    assert np.all(np.abs(np.asarray(start.weights) - 0.25) < 0.05)
+    assert np.all(np.abs(np.asarray(start.means) - X.mean(axis=0)) < 1.5)
+
+
+def test_user_inits_override_method():
+    X = _blobs(4)
+    weights = np.array([0.1, 0.2, 0.3, 0.4])
+    means = np.array([[1.0, 1.0], [9.0, 1.0], [1.0, 9.0], [9.0, 9.0]])
+    precisions = np.array([1.0, 2.0, 3.0, 4.0])
+    start = jaxgmm.fit(
+        X,
+        4,
+        covariance_type="spherical",
+        max_iter=0,
+        weights_init=weights,
+        means_init=means,
+        precisions_init=precisions,
+    ).params
+    np.testing.assert_allclose(start.weights, weights)
+    np.testing.assert_allclose(start.means, means, rtol=1e-12)
+    np.testing.assert_allclose(start.covariances, 1.0 / precisions, rtol=1e-12)
+    np.testing.assert_allclose(start.precisions_cholesky, np.sqrt(precisions), rtol=1e-12)

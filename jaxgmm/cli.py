@@ -1,0 +1,916 @@
+"""The ``jaxgmm`` command line: fit, select, predict, info and demo.
+
+Run ``jaxgmm --help`` or ``jaxgmm COMMAND --help``. Every command calls only the public
+functional API (``jaxgmm.fit``, ``predict``, ``bic``, ...), :mod:`jaxgmm.io`,
+:mod:`jaxgmm.datasets` and :mod:`jaxgmm.plot`. Errors caused by the input (a missing
+file, a malformed table, a file that is not a model) print one line on stderr and exit
+with status 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "parse_components"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_K_RANGE = "1..8"
+DEMO_K_RANGE = "1..6"
+_MAX_MEAN_COLUMNS = 8
+
+_EPILOG = """\
+exit status: 0 success, 1 bad input or failed fit, 2 usage error, 130 interrupted.
+environment: JAXGMM_CACHE_DIR sets the folder of the compilation cache that makes repeated
+runs start fast (default ~/.cache/jaxgmm/xla; empty turns it off); JAXGMM_TRACEBACK=1
+shows full tracebacks instead of one-line errors.
+"""
+
+
+class CLIError(Exception):
+    """An error for people: printed as one line, exit status 1."""
+
+
+# --------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------
+
+
+def parse_components(text: str) -> list[int]:
+    """Parse a K list: ``"4"``, ``"1..10"`` (inclusive range, also ``1-10``) or ``"2,4,8"``.
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        Sorted, distinct positive K values.
+    """
+    text = text.strip()
+    try:
+        if ".." in text or ("-" in text and not text.startswith("-")):
+            lo, hi = text.replace("..", "-").split("-")
+            values = list(range(int(lo), int(hi) + 1))
+            if int(lo) > int(hi):
+                raise ValueError
+        else:
+            values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid components {text!r}: give a number (4), a range (1..10) or a list (2,4,8)"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"invalid components {text!r}: every K must be >= 1")
+    return sorted(set(values))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _delimiter(text: str) -> str:
+    named = {"comma": ",", "tab": "\t", "\\t": "\t", "semicolon": ";", "space": " "}
+    named.update({"whitespace": " ", "pipe": "|"})
+    value = named.get(text.lower(), text)
+    if len(value) != 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid delimiter {text!r}: give one character, or comma/tab/semicolon/space"
+        )
+    return value
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading the data file")
+    group.add_argument(
+        "--delimiter",
+        type=_delimiter,
+        help="column delimiter of a text file: a character or comma/tab/semicolon/space "
+        "(default: detected)",
+    )
+    group.add_argument(
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the first line holds column names (default: detected)",
+    )
+    group.add_argument(
+        "--columns",
+        help="use only these columns: names from the header or 0-based indices, "
+        "comma-separated (e.g. x,y or 0,2)",
+    )
+
+
+def _add_fit_options(parser: argparse.ArgumentParser, *, default_restarts: int = 1) -> None:
+    from jaxgmm._init import INIT_METHODS
+    from jaxgmm._params import COVARIANCE_TYPES
+
+    group = parser.add_argument_group("fitting")
+    group.add_argument(
+        "-c",
+        "--covariance-type",
+        choices=COVARIANCE_TYPES,
+        default="full",
+        help="shape of each component's covariance (default: full)",
+    )
+    group.add_argument(
+        "-r",
+        "--restarts",
+        type=_positive_int,
+        default=default_restarts,
+        metavar="N",
+        help=f"EM runs from different initialisations; the best is kept "
+        f"(default: {default_restarts})",
+    )
+    group.add_argument(
+        "--init",
+        choices=INIT_METHODS,
+        default="kmeans",
+        help="initialisation (default: kmeans)",
+    )
+    group.add_argument(
+        "--tol",
+        type=_non_negative_float,
+        default=1e-3,
+        help="stop when the mean log-likelihood per point improves by less (default: 1e-3)",
+    )
+    group.add_argument(
+        "--max-iter",
+        type=_non_negative_int,
+        default=100,
+        metavar="N",
+        help="maximum EM iterations per restart (default: 100)",
+    )
+    group.add_argument(
+        "--reg-covar",
+        type=_non_negative_float,
+        default=1e-6,
+        metavar="EPS",
+        help="added to every covariance's diagonal (default: 1e-6)",
+    )
+    group.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="random seed of the initialisation (default: 0)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="precision of the computation (default: float32)",
+    )
+
+
+def _add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars on stderr (default: only when stderr is a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``jaxgmm`` command."""
+    from jaxgmm import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="jaxgmm",
+        description="Fit Gaussian mixture models by EM (in JAX) from the shell.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"jaxgmm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit a mixture to a .csv/.txt/.npy file and print a summary",
+        description="Fit a Gaussian mixture to the rows of FILE and print a summary. Without "
+        f"--components, K is chosen by BIC over K={DEFAULT_K_RANGE}.",
+        epilog="example: jaxgmm fit data.csv -k 3 -c diag -r 5 -o model.npz --plot",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
+    fit.add_argument(
+        "-k",
+        "--components",
+        type=parse_components,
+        metavar="K",
+        help="number of components: 3, or a range/list (1..10, 2,4,8) to choose from by "
+        f"the criterion (default: choose from {DEFAULT_K_RANGE} by BIC)",
+    )
+    fit.add_argument(
+        "--criterion",
+        choices=("bic", "aic"),
+        default="bic",
+        help="criterion for choosing K from a range (default: bic)",
+    )
+    fit.add_argument("-o", "--output", type=Path, metavar="MODEL", help="save the model here")
+    fit.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        metavar="PNG",
+        help="draw the fit to a PNG (default name: FILE's stem + '-gmm.png')",
+    )
+    _add_fit_options(fit)
+    _add_data_options(fit)
+    _add_progress_option(fit)
+    fit.set_defaults(handler=_cmd_fit)
+
+    select = commands.add_parser(
+        "select",
+        help="fit each K in a range and compare BIC/AIC",
+        description="Fit a mixture for each K and report log-likelihood, BIC and AIC; the "
+        "lowest criterion wins.",
+        epilog="example: jaxgmm select data.csv --components 1..10 --plot",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    select.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
+    select.add_argument(
+        "-k",
+        "--components",
+        type=parse_components,
+        default=parse_components(DEFAULT_K_RANGE),
+        metavar="KS",
+        help=f"K values to compare: a range (1..10) or a list (2,4,8) (default: {DEFAULT_K_RANGE})",
+    )
+    select.add_argument(
+        "--criterion",
+        choices=("bic", "aic"),
+        default="bic",
+        help="criterion that picks the best K (default: bic)",
+    )
+    select.add_argument(
+        "-o", "--output", type=Path, metavar="MODEL", help="save the best model here"
+    )
+    select.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        metavar="PNG",
+        help="draw BIC/AIC against K and the best fit (default name: FILE's stem + '-select.png')",
+    )
+    _add_fit_options(select)
+    _add_data_options(select)
+    _add_progress_option(select)
+    select.set_defaults(handler=_cmd_select)
+
+    predict = commands.add_parser(
+        "predict",
+        help="label the rows of a file with a saved model",
+        description="Write, for each row of FILE, the most probable component, the "
+        "log-likelihood under the model and the component probabilities, as CSV.",
+        epilog="example: jaxgmm predict model.npz data.csv -o labels.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("model", type=Path, metavar="MODEL", help="a model saved by jaxgmm")
+    predict.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
+    predict.add_argument(
+        "-o", "--output", type=Path, metavar="CSV", help="write here (default: stdout)"
+    )
+    predict.add_argument(
+        "--what",
+        choices=("all", "labels", "proba", "log-likelihood"),
+        default="all",
+        help="columns to write: label, log_likelihood and proba_0..proba_{K-1} (default: all)",
+    )
+    _add_data_options(predict)
+    predict.set_defaults(handler=_cmd_predict)
+
+    info = commands.add_parser(
+        "info",
+        help="show what a saved model holds",
+        description="Print a saved model's metadata and parameters.",
+    )
+    info.add_argument("model", type=Path, metavar="MODEL", help="a model saved by jaxgmm")
+    info.set_defaults(handler=_cmd_info)
+
+    demo = commands.add_parser(
+        "demo",
+        help="fit the shipped toy data, print a summary, draw a picture",
+        description=f"Choose K by BIC over K={DEMO_K_RANGE} on a shipped data set, print "
+        "the fit and draw it (the picture needs matplotlib: pip install 'jaxgmm[plot]').",
+    )
+    from jaxgmm import datasets
+
+    demo.add_argument(
+        "--dataset",
+        choices=datasets.names(),
+        default="toy_2d",
+        help="which shipped data set (default: toy_2d)",
+    )
+    demo.add_argument(
+        "--plot",
+        default="jaxgmm-demo.png",
+        metavar="PNG",
+        help="where to draw the picture (default: jaxgmm-demo.png)",
+    )
+    demo.add_argument("--no-plot", action="store_true", help="do not draw a picture")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    _add_progress_option(demo)
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``jaxgmm`` command line.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 success, 1 bad input or failed fit, 2 usage error,
+        130 interrupted.
+    """
+    from jaxgmm.io import DataFileError, ModelFileError
+
+    if argv is None:
+        _enable_compilation_cache()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("jaxgmm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CLIError, DataFileError, ModelFileError, OSError, ValueError, TypeError) as err:
+        if os.environ.get("JAXGMM_TRACEBACK"):
+            raise
+        print(f"jaxgmm: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.strerror}: {str(err.filename)!r}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _enable_compilation_cache() -> None:
+    """Keep compiled fits on disk so repeated commands skip XLA compilation."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return  # the user configured JAX's cache; JAX reads it itself
+    setting = os.environ.get("JAXGMM_CACHE_DIR")
+    if setting is not None and setting.strip() == "":
+        return
+    if setting:
+        folder = Path(setting).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        folder = Path(base) / "jaxgmm" / "xla"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+# --------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Data:
+    X: np.ndarray  # (N, D) in the compute dtype
+    columns: list[str]
+    header: bool
+    description: str
+
+
+def _select_columns(columns: list[str], spec: str | None, source: str) -> list[int]:
+    if spec is None:
+        return list(range(len(columns)))
+    chosen = []
+    for token in (t.strip() for t in spec.split(",")):
+        if token in columns:
+            chosen.append(columns.index(token))
+        elif token.isdigit() and int(token) < len(columns):
+            chosen.append(int(token))
+        else:
+            raise CLIError(
+                f"--columns: {source} has no column {token!r}; its columns are "
+                f"{', '.join(columns)} (or 0..{len(columns) - 1})."
+            )
+    if not chosen:
+        raise CLIError("--columns names no column.")
+    return chosen
+
+
+def _read_data(args: argparse.Namespace, *, dtype: str, model_columns=None) -> _Data:
+    from jaxgmm.io import delimiter_name, read_data
+
+    table = read_data(args.file, delimiter=args.delimiter, header=args.header)
+    spec = args.columns
+    if spec is None and model_columns and table.header:
+        if all(name in table.columns for name in model_columns):
+            spec = ",".join(model_columns)
+    index = _select_columns(table.columns, spec, str(args.file))
+    X = table.X[:, index]
+    columns = [table.columns[i] for i in index]
+    if args.file.suffix.lower() == ".npy":
+        layout = ".npy array"
+    else:
+        head = f"header: {', '.join(columns)}" if table.header else "no header"
+        layout = f"{delimiter_name(table.delimiter)}-delimited, {head}"
+    picked = "" if spec is None else f", columns {', '.join(columns)}"
+    description = (
+        f"{args.file}: {X.shape[0]} rows x {X.shape[1]} columns ({layout}{picked}), {dtype}"
+    )
+    return _Data(X=X.astype(dtype), columns=columns, header=table.header, description=description)
+
+
+def _use_dtype(dtype: str) -> None:
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+def _check_finite_data(data: _Data, source: Path) -> None:
+    """Reuse the library's validation, with the file's name in the message."""
+    from jaxgmm._validation import check_data
+
+    check_data(data.X, name=str(source))
+
+
+# --------------------------------------------------------------------------------------
+# fitting
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Trial:
+    """One K of a sweep."""
+
+    k: int
+    n_points: int
+    result: Any = None
+    log_likelihood: float = math.nan  # total, under the final parameters
+    bic: float = math.nan
+    aic: float = math.nan
+    seconds: float = math.nan
+    error: str | None = None
+
+
+def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        covariance_type=args.covariance_type,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        max_iter=args.max_iter,
+        n_init=args.restarts,
+        init=args.init,
+        key=args.seed,
+    )
+
+
+def _fit_trial(X: np.ndarray, k: int, options: dict[str, Any]) -> _Trial:
+    import jaxgmm
+
+    start = time.perf_counter()
+    result = jaxgmm.fit(X, k, **options)
+    log_lik = float(jaxgmm.score(result.params, X)) * X.shape[0]
+    seconds = time.perf_counter() - start
+    n_params = jaxgmm.n_parameters(result.params)
+    return _Trial(
+        k=k,
+        n_points=X.shape[0],
+        result=result,
+        log_likelihood=log_lik,
+        bic=-2.0 * log_lik + n_params * math.log(X.shape[0]),
+        aic=-2.0 * log_lik + 2.0 * n_params,
+        seconds=seconds,
+    )
+
+
+def _fit_one(X: np.ndarray, k: int, options: dict[str, Any], progress: bool | None) -> _Trial:
+    from jaxgmm._progress import activity
+
+    restarts = options["n_init"]
+    note = f" ({restarts} restarts)" if restarts > 1 else ""
+    with activity(f"fitting K={k}{note}", enabled=progress):
+        return _fit_trial(X, k, options)
+
+
+def _sweep(
+    X: np.ndarray, ks: list[int], options: dict[str, Any], progress: bool | None
+) -> list[_Trial]:
+    """Fit every K (a failing K is recorded, not raised)."""
+    from jaxgmm._progress import progress_bar
+
+    trials = []
+    bar = progress_bar(ks, desc="fitting K", enabled=progress, unit="K")
+    for k in bar:
+        bar.set_postfix_str(f"K={k}")
+        if k > X.shape[0]:
+            trials.append(_Trial(k=k, n_points=X.shape[0], error=f"K={k} > {X.shape[0]} points"))
+            continue
+        try:
+            trials.append(_fit_trial(X, k, options))
+        except ValueError as err:
+            trials.append(_Trial(k=k, n_points=X.shape[0], error=_one_line(err)))
+    bar.close()
+    return trials
+
+
+def _best(trials: list[_Trial], criterion: str) -> _Trial:
+    ok = [t for t in trials if t.error is None and math.isfinite(getattr(t, criterion))]
+    if not ok:
+        reasons = "; ".join(f"K={t.k}: {t.error}" for t in trials if t.error)
+        raise CLIError(f"no K could be fitted ({reasons}).")
+    return min(ok, key=lambda t: getattr(t, criterion))
+
+
+# --------------------------------------------------------------------------------------
+# printing
+# --------------------------------------------------------------------------------------
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if abs(value) >= 1e5 or 0 < abs(value) < 1e-3 else f"{value:.3f}"
+
+
+def _print_components(params, columns: list[str] | None, out) -> None:
+    weights = np.asarray(params.weights, dtype=np.float64)
+    means = np.asarray(params.means, dtype=np.float64)
+    d = means.shape[1]
+    shown = min(d, _MAX_MEAN_COLUMNS)
+    names = columns if columns and len(columns) == d else [str(i) for i in range(d)]
+    labels = [f"mean {n}" for n in names[:shown]]
+    width = max(10, *(len(label) for label in labels)) + 1
+    head = "".join(f"{label:>{width}}" for label in labels)
+    print(f"  {'component':>9}  {'weight':>7}{head}", file=out)
+    for k in range(len(weights)):
+        cells = "".join(f"{m:>{width}.4g}" for m in means[k, :shown])
+        more = f"  ... ({d - shown} more)" if d > shown else ""
+        print(f"  {k:>9}  {weights[k]:>7.4f}{cells}{more}", file=out)
+
+
+def _print_summary(trial: _Trial, data: _Data, options: dict[str, Any], out=None) -> None:
+    import jaxgmm
+
+    out = out or sys.stdout
+    result = trial.result
+    params = result.params
+    n = data.X.shape[0]
+    status = jaxgmm.Status(int(result.status))
+    n_iter = int(result.n_iter)
+    restarts = options["n_init"]
+    print(
+        f"\nGaussian mixture: K={params.n_components} components, {params.covariance_type} "
+        f"covariances, fitted to {n} points x {params.n_features} features.",
+        file=out,
+    )
+    if status == jaxgmm.Status.CONVERGED:
+        converged = f"yes, after {n_iter} EM iterations (tol {options['tol']:g})"
+    else:
+        converged = f"no: stopped at --max-iter {options['max_iter']} (raise --max-iter or --tol)"
+    best_of = f"; best of {restarts} restarts" if restarts > 1 else ""
+    print(f"  converged       {converged}{best_of}", file=out)
+    print(
+        f"  log-likelihood  {trial.log_likelihood:.3f} total, "
+        f"{trial.log_likelihood / n:.4f} per point",
+        file=out,
+    )
+    print(
+        f"  BIC             {trial.bic:.3f}   AIC {trial.aic:.3f}   "
+        f"({jaxgmm.n_parameters(params)} free parameters)",
+        file=out,
+    )
+    print(
+        f"  time            {trial.seconds:.2f} s (the first run of a shape includes compilation)",
+        file=out,
+    )
+    print("", file=out)
+    _print_components(params, data.columns if data.header else None, out)
+
+
+def _print_table(trials: list[_Trial], best: _Trial, criterion: str, out=None) -> None:
+    out = out or sys.stdout
+    print(
+        f"\n  {'K':>4} {'BIC':>12} {'AIC':>12} {'loglik/pt':>10} {'iters':>6} "
+        f"{'converged':>9} {'time':>7}",
+        file=out,
+    )
+    for t in trials:
+        mark = "*" if t is best else " "
+        if t.error is not None:
+            print(f"{mark} {t.k:>4}   failed: {t.error}", file=out)
+            continue
+        per_point = t.log_likelihood / t.n_points
+        print(
+            f"{mark} {t.k:>4} {t.bic:>12.3f} {t.aic:>12.3f} {per_point:>10.4f} "
+            f"{int(t.result.n_iter):>6} {'yes' if bool(t.result.converged) else 'no':>9} "
+            f"{t.seconds:>6.2f}s",
+            file=out,
+        )
+    print(f"  (* lowest {criterion.upper()}; lower is better)", file=out)
+
+
+def _explain_choice(trials: list[_Trial], best: _Trial, criterion: str) -> str:
+    name = criterion.upper()
+    value = getattr(best, criterion)
+    others = sorted(
+        (t for t in trials if t is not best and t.error is None),
+        key=lambda t: getattr(t, criterion),
+    )
+    ks = [t.k for t in trials]
+    span = (
+        f"K={ks[0]}..{ks[-1]}"
+        if ks == list(range(ks[0], ks[-1] + 1))
+        else "K in {" + ",".join(map(str, ks)) + "}"
+    )
+    text = f"Chose K={best.k}: lowest {name} ({value:.1f}) of {span}"
+    if others:
+        gap = getattr(others[0], criterion) - value
+        strength = " (a gap above 10 is strong evidence)" if criterion == "bic" else ""
+        text += f"; the runner-up K={others[0].k} is {gap:.1f} higher{strength}"
+    at_edge = best.k == ks[-1] and len(ks) > 1
+    if at_edge:
+        text += f". The best K is the largest tried: try a wider range (-k 1..{2 * ks[-1]})"
+    return text + "."
+
+
+# --------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------
+
+
+def _save_model(path: Path, trial: _Trial, data: _Data, source: Path, command: str) -> None:
+    from jaxgmm import io
+
+    metadata = {
+        "created_by": f"jaxgmm {command}",
+        "source": str(source),
+        "n_samples": int(data.X.shape[0]),
+        "columns": data.columns if data.header else None,
+        "log_likelihood": trial.log_likelihood,
+        "bic": trial.bic,
+        "aic": trial.aic,
+    }
+    io.save(path, trial.result, metadata=metadata)
+    print(f"\nSaved the model to {path} (load it with jaxgmm.load or jaxgmm predict).")
+
+
+def _draw(path: str, trial: _Trial, data: _Data, trials: list[_Trial] | None, title: str) -> None:
+    from jaxgmm import plot
+
+    criteria = None
+    if trials is not None and len(trials) > 1:
+        criteria = {
+            "n_components": [t.k for t in trials],
+            "bic": [t.bic for t in trials],
+            "aic": [t.aic for t in trials],
+            "chosen": trial.k,
+        }
+    fig = plot.summary_figure(
+        trial.result.params,
+        data.X,
+        history=trial.result.history,
+        criteria=criteria,
+        title=title,
+    )
+    fig.savefig(path, dpi=110)
+    print(f"Wrote the picture to {path}")
+
+
+def _plot_path(value: str | None, source: Path, suffix: str) -> str | None:
+    if value is None:
+        return None
+    return value or f"{source.stem}-{suffix}.png"
+
+
+# --------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------
+
+
+def _prepare(args: argparse.Namespace) -> _Data:
+    _use_dtype(args.dtype)
+    data = _read_data(args, dtype=args.dtype)
+    _check_finite_data(data, args.file)
+    print(f"Read {data.description}.")
+    return data
+
+
+def _run_selection(
+    data: _Data, ks: list[int], options: dict[str, Any], criterion: str, progress
+) -> tuple[_Trial, list[_Trial]]:
+    what = f"Fitting K={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"Fitting K={ks[0]}"
+    print(f"{what} ({options['covariance_type']} covariances) to choose by {criterion.upper()}:")
+    trials = _sweep(data.X, ks, options, progress)
+    best = _best(trials, criterion)
+    _print_table(trials, best, criterion)
+    print(_explain_choice(trials, best, criterion))
+    return best, trials
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    data = _prepare(args)
+    options = _fit_options(args)
+    ks = args.components or [k for k in parse_components(DEFAULT_K_RANGE)]
+    trials = None
+    if len(ks) == 1:
+        best = _fit_one(data.X, ks[0], options, args.progress)
+    else:
+        if args.components is None:
+            ks = [k for k in ks if k <= data.X.shape[0]]
+            print("No --components given: choosing K by BIC.")
+        best, trials = _run_selection(data, ks, options, args.criterion, args.progress)
+    _print_summary(best, data, options)
+    if args.output is not None:
+        _save_model(args.output, best, data, args.file, "fit")
+    plot_path = _plot_path(args.plot, args.file, "gmm")
+    if plot_path is not None:
+        _draw(plot_path, best, data, trials, title=f"{args.file.name}: K={best.k}")
+    return EXIT_OK
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    data = _prepare(args)
+    options = _fit_options(args)
+    best, trials = _run_selection(data, args.components, options, args.criterion, args.progress)
+    ok = [t for t in trials if t.error is None]
+    other = "aic" if args.criterion == "bic" else "bic"
+    other_best = min(ok, key=lambda t: getattr(t, other))
+    if other_best.k != best.k:
+        print(f"({other.upper()} alone would choose K={other_best.k}.)")
+    if args.output is not None:
+        _save_model(args.output, best, data, args.file, "select")
+    plot_path = _plot_path(args.plot, args.file, "select")
+    if plot_path is not None:
+        _draw(plot_path, best, data, trials, title=f"{args.file.name}: K={best.k}")
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import jaxgmm
+    from jaxgmm import io
+
+    meta = io.load_metadata(args.model)
+    _use_dtype(meta["dtype"])
+    params = io.load(args.model)
+    user = meta.get("user") or {}
+    columns = user.get("columns") if isinstance(user, dict) else None
+    data = _read_data(args, dtype=meta["dtype"], model_columns=columns)
+    from jaxgmm._validation import check_data
+
+    check_data(data.X, name=str(args.file), n_features=params.n_features)
+    print(f"Read {data.description}.", file=sys.stderr)
+    k = params.n_components
+    header, blocks, formats = [], [], []
+    float_fmt = "%.9g" if meta["dtype"] == "float32" else "%.17g"
+    if args.what in ("all", "labels"):
+        header.append("label")
+        blocks.append(np.asarray(jaxgmm.predict(params, data.X))[:, None])
+        formats.append("%d")
+    if args.what in ("all", "log-likelihood"):
+        header.append("log_likelihood")
+        blocks.append(np.asarray(jaxgmm.score_samples(params, data.X))[:, None])
+        formats.append(float_fmt)
+    if args.what in ("all", "proba"):
+        header.extend(f"proba_{j}" for j in range(k))
+        blocks.append(np.asarray(jaxgmm.predict_proba(params, data.X)))
+        formats.extend([float_fmt] * k)
+    table = np.concatenate([b.astype(np.float64) for b in blocks], axis=1)
+    lines = [",".join(header)]
+    lines.extend(",".join(fmt % v for fmt, v in zip(formats, row, strict=True)) for row in table)
+    text = "\n".join(lines) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+        print(f"Wrote {table.shape[0]} rows to {args.output}.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from jaxgmm import io
+
+    meta = io.load_metadata(args.model)
+    _use_dtype(meta["dtype"])
+    params = io.load(args.model)
+    print(
+        f"{args.model}: jaxgmm model (format {meta['format_version']}, written by jaxgmm "
+        f"{meta['jaxgmm_version']}), K={meta['n_components']}, D={meta['n_features']}, "
+        f"{meta['covariance_type']} covariances, {meta['dtype']}."
+    )
+    fit = meta.get("fit")
+    if fit:
+        print(
+            f"  fit: lower bound {fit['lower_bound']:.4f} per point, {fit['n_iter']} "
+            f"iterations, converged: {'yes' if fit['converged'] else 'no'}"
+        )
+    user = meta.get("user")
+    if isinstance(user, dict):
+        for key, value in user.items():
+            if value is not None:
+                shown = f"{value:.3f}" if isinstance(value, float) else value
+                print(f"  {key}: {shown}")
+    print("")
+    columns = user.get("columns") if isinstance(user, dict) else None
+    _print_components(params, columns, sys.stdout)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from jaxgmm import datasets
+
+    data_set = datasets.load(args.dataset)
+    where = data_set.path if data_set.path is not None else "regenerated from its seed"
+    print(f"jaxgmm demo: {data_set.description} ({where}).")
+    print(
+        f"The points were drawn from a {data_set.n_components}-component mixture "
+        f"(seed {data_set.seed}); let's see whether BIC finds it."
+    )
+    data = _Data(
+        X=data_set.X.astype(np.float32),
+        columns=[f"x{d}" for d in range(data_set.X.shape[1])],
+        header=True,
+        description="",
+    )
+    options = dict(
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=3,
+        init="kmeans",
+        key=args.seed,
+    )
+    ks = parse_components(DEMO_K_RANGE)
+    best, trials = _run_selection(data, ks, options, "bic", args.progress)
+    _print_summary(best, data, options)
+    true_k = data_set.n_components
+    verdict = "matches" if best.k == true_k else "differs from"
+    print(f"\nThe chosen K={best.k} {verdict} the true K={true_k}.")
+    if args.no_plot:
+        return EXIT_OK
+    from jaxgmm.plot import PLOT_INSTALL_HINT
+
+    try:
+        _draw(args.plot, best, data, trials, title=f"jaxgmm demo: {data_set.name}")
+    except ImportError as err:
+        if str(err) != PLOT_INSTALL_HINT:
+            raise
+        print(
+            "\nNo picture: matplotlib is not installed. For the picture, install the plot "
+            "extra and run the demo again:\n"
+            '    pip install -e ".[plot]"      (in a source checkout)\n'
+            '    pip install "jaxgmm[plot]"    (from an index)'
+        )
+    return EXIT_OK

@@ -1,4 +1,7 @@
-"""Progress bars for work driven from Python (K sweeps, model lists, long fits).
+"""Progress bars for work driven from Python (K sweeps over many models).
+
+Per-iteration progress of one compiled fit comes from the core
+(``jaxgmm.fit(..., progress=True)``); this module decides when to ask for it.
 
 Bars go to stderr through tqdm. ``enabled=None`` (the default everywhere) means "on
 when stderr is an interactive terminal", so pipes, logs and CI stay quiet unless a
@@ -7,10 +10,8 @@ caller asks for a bar with ``enabled=True``.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -61,44 +62,3 @@ def progress_bar(
         disable=not progress_enabled(enabled),
         dynamic_ncols=True,
     )
-
-
-@contextlib.contextmanager
-def activity(desc: str, *, enabled: bool | None = None, interval: float = 0.25) -> Iterator[None]:
-    """Show a ticking "desc: elapsed" line on stderr while a blocking call runs.
-
-    A compiled fit runs as one XLA call that reports nothing until it ends; this keeps
-    a person informed that it is alive (XLA releases the GIL, so the ticker runs).
-
-    Args:
-        desc: what is running, e.g. ``"fitting K=4"``.
-        enabled: True/False forces the line on/off; None shows it only on a TTY.
-        interval: seconds between refreshes.
-    """
-    if not progress_enabled(enabled):
-        yield
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=None,
-        desc=desc,
-        bar_format="{desc}: {elapsed}",
-        file=sys.stderr,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    stop = threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(interval):
-            bar.refresh()
-
-    thread = threading.Thread(target=tick, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        bar.close()

@@ -518,11 +518,12 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _fit_trial(X: np.ndarray, k: int, options: dict[str, Any]) -> _Trial:
+def _fit_trial(X: np.ndarray, k: int, options: dict[str, Any], progress: bool | None) -> _Trial:
     import jaxgmm
+    from jaxgmm._progress import progress_enabled
 
     start = time.perf_counter()
-    result = jaxgmm.fit(X, k, **options)
+    result = jaxgmm.fit(X, k, progress=progress_enabled(progress), **options)
     log_lik = float(jaxgmm.score(result.params, X)) * X.shape[0]
     seconds = time.perf_counter() - start
     n_params = jaxgmm.n_parameters(result.params)
@@ -535,15 +536,6 @@ def _fit_trial(X: np.ndarray, k: int, options: dict[str, Any]) -> _Trial:
         aic=-2.0 * log_lik + 2.0 * n_params,
         seconds=seconds,
     )
-
-
-def _fit_one(X: np.ndarray, k: int, options: dict[str, Any], progress: bool | None) -> _Trial:
-    from jaxgmm._progress import activity
-
-    restarts = options["n_init"]
-    note = f" ({restarts} restarts)" if restarts > 1 else ""
-    with activity(f"fitting K={k}{note}", enabled=progress):
-        return _fit_trial(X, k, options)
 
 
 def _sweep(
@@ -560,7 +552,7 @@ def _sweep(
             trials.append(_Trial(k=k, n_points=X.shape[0], error=f"K={k} > {X.shape[0]} points"))
             continue
         try:
-            trials.append(_fit_trial(X, k, options))
+            trials.append(_fit_trial(X, k, options, progress))
         except ValueError as err:
             trials.append(_Trial(k=k, n_points=X.shape[0], error=_one_line(err)))
     bar.close()
@@ -765,7 +757,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     ks = args.components or [k for k in parse_components(DEFAULT_K_RANGE)]
     trials = None
     if len(ks) == 1:
-        best = _fit_one(data.X, ks[0], options, args.progress)
+        best = _fit_trial(data.X, ks[0], options, args.progress)
     else:
         if args.components is None:
             ks = [k for k in ks if k <= data.X.shape[0]]
@@ -888,7 +880,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tol=1e-3,
         reg_covar=1e-6,
         max_iter=100,
-        n_init=3,
+        n_init=1,
         init="kmeans",
         key=args.seed,
     )

@@ -63,8 +63,8 @@ def _covariance_shape(covariance_type: str, n_components: int, n_features: int) 
     }[covariance_type]
 
 
-def _unpack(model):
-    """(params, fit-summary dict or None) from GaussianMixtureParams or FitResult."""
+def _unpack(model) -> tuple[dict[str, np.ndarray], str, dict[str, Any] | None]:
+    """(arrays, covariance_type, fit summary or None) of a model to save."""
     from jaxgmm._params import FitResult, GaussianMixtureParams
 
     if isinstance(model, FitResult):
@@ -79,13 +79,27 @@ def _unpack(model):
             "converged": bool(model.converged),
             "status": int(model.status),
         }
-        return model.params, fit
-    if isinstance(model, GaussianMixtureParams):
-        return model, None
-    raise TypeError(
-        "save expects GaussianMixtureParams or the FitResult of jaxgmm.fit, got "
-        f"{type(model).__name__}."
-    )
+        params = model.params
+    elif isinstance(model, GaussianMixtureParams):
+        params, fit = model, None
+    elif all(hasattr(model, f"{name}_") for name in _ARRAYS) and hasattr(model, "n_iter_"):
+        # A fitted jaxgmm.GaussianMixture (or any estimator with scikit-learn's
+        # attribute names): save its arrays as they are, in their own dtype.
+        arrays = {name: np.asarray(getattr(model, f"{name}_")) for name in _ARRAYS}
+        fit = {
+            "lower_bound": float(model.lower_bound_),
+            "n_iter": int(model.n_iter_),
+            "converged": bool(model.converged_),
+            "status": 0 if bool(model.converged_) else 1,
+        }
+        return arrays, str(model.covariance_type), fit
+    else:
+        raise TypeError(
+            "save expects GaussianMixtureParams, the FitResult of jaxgmm.fit, or a fitted "
+            f"jaxgmm.GaussianMixture, got {type(model).__name__}."
+        )
+    arrays = {name: np.asarray(getattr(params, name)) for name in _ARRAYS}
+    return arrays, params.covariance_type, fit
 
 
 def save(path: str | os.PathLike, model, *, metadata: dict[str, Any] | None = None) -> Path:
@@ -99,8 +113,8 @@ def save(path: str | os.PathLike, model, *, metadata: dict[str, Any] | None = No
         path: where to write; parent folders must exist.
         model: :class:`~jaxgmm.GaussianMixtureParams` with weights (K,), means (K, D),
             covariances and precisions_cholesky; or the :class:`~jaxgmm.FitResult` of
-            :func:`jaxgmm.fit`, whose lower_bound, n_iter, converged and status are
-            saved too.
+            :func:`jaxgmm.fit` or a fitted :class:`~jaxgmm.GaussianMixture`, whose
+            lower bound, iteration count and convergence are saved too.
         metadata: optional JSON-serialisable dict stored under ``"user"``.
 
     Returns:
@@ -108,10 +122,9 @@ def save(path: str | os.PathLike, model, *, metadata: dict[str, Any] | None = No
     """
     from jaxgmm import __version__
 
-    params, fit = _unpack(model)
-    if params.covariance_type not in ("full", "tied", "diag", "spherical"):
-        raise ValueError(f"unknown covariance_type {params.covariance_type!r}.")
-    arrays = {name: np.asarray(getattr(params, name)) for name in _ARRAYS}
+    arrays, covariance_type, fit = _unpack(model)
+    if covariance_type not in ("full", "tied", "diag", "spherical"):
+        raise ValueError(f"unknown covariance_type {covariance_type!r}.")
     if arrays["means"].ndim != 2:
         raise ValueError(
             f"save expects one model with means of shape (K, D), got {arrays['means'].shape}."
@@ -123,7 +136,7 @@ def save(path: str | os.PathLike, model, *, metadata: dict[str, Any] | None = No
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "jaxgmm_version": __version__,
-        "covariance_type": params.covariance_type,
+        "covariance_type": covariance_type,
         "dtype": dtype.name,
         "n_components": int(arrays["means"].shape[0]),
         "n_features": int(arrays["means"].shape[1]),

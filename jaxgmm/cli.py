@@ -43,6 +43,10 @@ class CLIError(Exception):
     """An error for people: printed as one line, exit status 1."""
 
 
+class MissingPlotExtraError(CLIError):
+    """A picture was asked for but matplotlib is not installed."""
+
+
 # --------------------------------------------------------------------------------------
 # argument parsing
 # --------------------------------------------------------------------------------------
@@ -466,7 +470,7 @@ def _read_data(args: argparse.Namespace, *, dtype: str, model_columns=None) -> _
     else:
         head = f"header: {', '.join(columns)}" if table.header else "no header"
         layout = f"{delimiter_name(table.delimiter)}-delimited, {head}"
-    picked = "" if spec is None else f", columns {', '.join(columns)}"
+    picked = "" if columns == table.columns else f"; using columns {', '.join(columns)}"
     description = (
         f"{args.file}: {X.shape[0]} rows x {X.shape[1]} columns ({layout}{picked}), {dtype}"
     )
@@ -699,8 +703,12 @@ def _save_model(path: Path, trial: _Trial, data: _Data, source: Path, command: s
 
 
 def _draw(path: str, trial: _Trial, data: _Data, trials: list[_Trial] | None, title: str) -> None:
-    from jaxgmm import plot
+    try:
+        from jaxgmm import plot
 
+        plot.require_matplotlib()
+    except ImportError as err:
+        raise MissingPlotExtraError(f"no picture: {err}") from None
     criteria = None
     if trials is not None and len(trials) > 1:
         criteria = {
@@ -851,7 +859,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if isinstance(user, dict):
         for key, value in user.items():
             if value is not None:
-                shown = f"{value:.3f}" if isinstance(value, float) else value
+                shown = value
+                if isinstance(value, float):
+                    shown = f"{value:.3f}"
+                elif isinstance(value, list):
+                    shown = ", ".join(map(str, value))
                 print(f"  {key}: {shown}")
     print("")
     columns = user.get("columns") if isinstance(user, dict) else None
@@ -892,13 +904,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nThe chosen K={best.k} {verdict} the true K={true_k}.")
     if args.no_plot:
         return EXIT_OK
-    from jaxgmm.plot import PLOT_INSTALL_HINT
-
     try:
         _draw(args.plot, best, data, trials, title=f"jaxgmm demo: {data_set.name}")
-    except ImportError as err:
-        if str(err) != PLOT_INSTALL_HINT:
-            raise
+    except MissingPlotExtraError:
         print(
             "\nNo picture: matplotlib is not installed. For the picture, install the plot "
             "extra and run the demo again:\n"

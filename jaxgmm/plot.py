@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "PLOT_INSTALL_HINT",
+    "require_matplotlib",
     "full_covariances",
     "plot_criteria",
     "plot_history",
@@ -35,7 +36,8 @@ PLOT_INSTALL_HINT = (
 )
 
 
-def _matplotlib():
+def require_matplotlib():
+    """Import matplotlib, or raise ImportError naming the plot extra to install."""
     try:
         import matplotlib
         import matplotlib.figure  # noqa: F401
@@ -48,14 +50,14 @@ def _matplotlib():
 def _new_axes(ax):
     if ax is not None:
         return ax
-    _matplotlib()
+    require_matplotlib()
     import matplotlib.pyplot as plt
 
     return plt.subplots()[1]
 
 
 def _colors(n: int) -> list:
-    matplotlib = _matplotlib()
+    matplotlib = require_matplotlib()
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(k % cmap.N) for k in range(n)]
 
@@ -148,7 +150,7 @@ def plot_mixture(
     Returns:
         The matplotlib Axes.
     """
-    _matplotlib()
+    require_matplotlib()
     from jaxgmm._inference import predict
 
     params = _params(params)
@@ -232,7 +234,7 @@ def plot_history(history, *, ax=None, title: str | None = None) -> Any:
     Returns:
         The matplotlib Axes.
     """
-    _matplotlib()
+    require_matplotlib()
     from jaxgmm._params import FitResult
 
     if isinstance(history, FitResult):
@@ -274,7 +276,7 @@ def plot_criteria(
     Returns:
         The matplotlib Axes.
     """
-    _matplotlib()
+    require_matplotlib()
     ks = np.asarray(n_components)
     bic = np.asarray(bic, dtype=np.float64)
     ax = _new_axes(ax)
@@ -319,7 +321,7 @@ def summary_figure(
     Returns:
         A ``matplotlib.figure.Figure``.
     """
-    _matplotlib()
+    require_matplotlib()
     from matplotlib.figure import Figure
 
     from jaxgmm._params import FitResult

@@ -2,6 +2,7 @@
 
 import importlib.util as _importlib_util
 
+from jaxgmm import datasets
 from jaxgmm._fit import fit, fit_many
 from jaxgmm._inference import (
     aic,
@@ -14,6 +15,7 @@ from jaxgmm._inference import (
     score_samples,
 )
 from jaxgmm._params import COVARIANCE_TYPES, FitResult, GaussianMixtureParams, Status
+from jaxgmm.io import load, save
 
 __version__ = "0.1.0"
 
@@ -24,12 +26,15 @@ __all__ = [
     "Status",
     "aic",
     "bic",
+    "datasets",
     "fit",
     "fit_many",
+    "load",
     "n_parameters",
     "predict",
     "predict_proba",
     "sample",
+    "save",
     "score",
     "score_samples",
 ]

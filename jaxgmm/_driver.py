@@ -101,6 +101,27 @@ def _status(state: EMState) -> jax.Array:
     ).astype(jnp.int32)
 
 
+def select_restart(statuses: jax.Array, lower_bounds: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Index of the best restart, and every restart's score.
+
+    A restart's score is its lower bound, or -inf if it became non-finite. The best
+    restart has the highest score; ties (all -inf, e.g. ``max_iter = 0``) go to the
+    first restart that stayed finite, so a non-finite restart is chosen only when
+    every restart is non-finite.
+
+    Args:
+        statuses: (n_init,) :class:`Status` codes; lower_bounds: (n_init,).
+
+    Returns:
+        best: () int index; scores: (n_init,).
+    """
+    finite = statuses != Status.NON_FINITE
+    scores = jnp.where(finite, lower_bounds, -jnp.inf)
+    best = jnp.argmax(scores)
+    best = jnp.where(finite[best], best, jnp.argmax(finite))
+    return best, scores
+
+
 def _apply_user_init(
     params: GaussianMixtureParams, weights_init, means_init, precisions_init
 ) -> GaussianMixtureParams:
@@ -183,14 +204,16 @@ def fit_compiled(
         return run_em(X_chunks, weight_chunks, params, tol, reg_covar, max_iter, report_progress)
 
     # Restart i always uses fold_in(key, i), so n_init = 8 contains the n_init = 1 run.
+    # Restart 0 runs unbatched, as with n_init = 1: vmap may round differently, and
+    # only the same computation guarantees bit for bit that more restarts never score
+    # lower than one.
     restart_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_init))
-    if n_init == 1:
-        states = jax.tree_util.tree_map(lambda a: a[None], one_restart(restart_keys[0]))
-    else:
-        states = jax.vmap(one_restart)(restart_keys)
+    states = jax.tree_util.tree_map(lambda a: a[None], one_restart(restart_keys[0]))
+    if n_init > 1:
+        others = jax.vmap(one_restart)(restart_keys[1:])
+        states = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), states, others)
     statuses = jax.vmap(_status)(states)
-    scores = jnp.where(statuses == Status.NON_FINITE, -jnp.inf, states.lower_bound)
-    best = jnp.argmax(scores)
+    best, scores = select_restart(statuses, states.lower_bound)
     state = jax.tree_util.tree_map(lambda a: a[best], states)
     params = dataclasses.replace(state.params, means=state.params.means + center)
     return FitResult(

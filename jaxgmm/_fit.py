@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -15,7 +16,10 @@ from jaxgmm._fit_progress import fit_progress
 from jaxgmm._keys import as_key
 from jaxgmm._params import FitResult, Status
 from jaxgmm._validation import (
+    centre_and_cast,
+    check_chunk_size,
     check_data,
+    check_data_array,
     check_initial_params,
     check_n_samples,
     check_options,
@@ -30,6 +34,25 @@ ILL_DEFINED_MESSAGE = (
     "every restart produced non-finite values. Try to decrease the number of "
     "components, increase reg_covar, or scale the input data."
 )
+
+
+def _ill_defined_message(reg_covar, covariance_type: str, n_components: int) -> str:
+    """ILL_DEFINED_MESSAGE plus what this fit's settings suggest."""
+    if float(reg_covar) == 0.0:
+        detail = (
+            "With reg_covar = 0 a component that collapses onto one point, onto duplicated "
+            "points or onto a lower-dimensional subspace has a singular covariance; the "
+            "default reg_covar = 1e-6 (relative to features of unit variance) avoids that."
+        )
+    else:
+        detail = (
+            f"reg_covar = {float(reg_covar):.3g} was too small for this data: choose it "
+            "relative to the variance of your features, or standardise X first."
+        )
+    return (
+        f"{ILL_DEFINED_MESSAGE} ({covariance_type} covariances, n_components = "
+        f"{n_components}.) {detail}"
+    )
 
 
 def fit(
@@ -58,7 +81,9 @@ def fit(
 
     Args:
         X: (N, D) data. float64 input is fitted in float64 when x64 is enabled,
-            everything else in float32.
+            everything else in float32. More precise input than the compute dtype
+            (e.g. float64 with x64 off) is centred in its own precision before the
+            cast; the means are returned in the compute dtype.
         n_components: K, the number of mixture components.
         covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
         tol: stop when the mean log-likelihood per point changes by less than this.
@@ -86,12 +111,20 @@ def fit(
         ValueError, TypeError: invalid input, before anything is traced.
         ValueError: every restart produced non-finite values (on concrete input;
             under ``jit``/``vmap`` check ``result.status`` instead).
+
+    Warns:
+        UserWarning: the compute dtype cannot resolve numbers near the data to 1% of
+            their spread (data far from the origin in float32); centre X first.
     """
     check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init)
-    X = check_data(X)
+    check_chunk_size(chunk_size)
+    X = check_data_array(X)
     n_samples, n_features = X.shape
     check_n_samples(n_samples, n_components)
-    sample_weight = check_sample_weight(sample_weight, n_samples, X.dtype, n_components)
+    dtype = compute_dtype(X.dtype)
+    sample_weight = check_sample_weight(sample_weight, n_samples, dtype, n_components)
+    # float64 data fitted in float32 are centred in float64 first (offset added back below).
+    X, offset = centre_and_cast(X, sample_weight, dtype)
     inits = check_initial_params(
         weights_init,
         means_init,
@@ -100,11 +133,10 @@ def fit(
         n_components,
         n_features,
         X.dtype,
+        means_offset=offset,
     )
     if chunk_size is None:
         chunk_size = chunk_size_for(n_samples, n_components, n_features)
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
         result = fit_compiled(
             X,
@@ -124,7 +156,11 @@ def fit(
         if progress and not is_traced(result.status):
             jax.block_until_ready(result)
     if not is_traced(result.status) and int(result.status) == Status.NON_FINITE:
-        raise ValueError(ILL_DEFINED_MESSAGE)
+        raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))
+    if offset is not None:
+        means = np.asarray(result.params.means, np.float64) + offset
+        params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(X.dtype)))
+        result = dataclasses.replace(result, params=params)
     return result
 
 

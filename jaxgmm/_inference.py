@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from functools import partial
 
 import jax
@@ -14,19 +15,12 @@ from jaxgmm._chunking import chunk_size_for, chunked_map
 from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._em import log_resp_and_norm
 from jaxgmm._keys import as_key
-from jaxgmm._params import FitResult, GaussianMixtureParams
-from jaxgmm._validation import check_data, check_sample_weight
+from jaxgmm._params import GaussianMixtureParams
+from jaxgmm._validation import check_data, check_params, check_sample_weight
 
 
 def _as_params(params) -> GaussianMixtureParams:
-    if isinstance(params, FitResult):
-        return params.params
-    if not isinstance(params, GaussianMixtureParams):
-        raise TypeError(
-            "expected fitted parameters (GaussianMixtureParams or the FitResult of "
-            f"jaxgmm.fit), got {type(params).__name__}."
-        )
-    return params
+    return check_params(params)
 
 
 @partial(jax.jit, static_argnames="chunk_size")
@@ -38,12 +32,19 @@ def _log_resp_and_norm(params: GaussianMixtureParams, X: jax.Array, chunk_size: 
     return chunked_map(lambda x: log_resp_and_norm(x - center, centred), X, chunk_size)
 
 
-def _evaluate(params, X):
+def _validated(params, X) -> tuple[GaussianMixtureParams, jax.Array]:
     params = _as_params(params)
     X = check_data(X, n_features=params.n_features)
-    X = X.astype(params.means.dtype)
+    return params, X.astype(params.means.dtype)
+
+
+def _evaluate_validated(params: GaussianMixtureParams, X: jax.Array):
     chunk = chunk_size_for(X.shape[0], params.n_components, params.n_features)
     return _log_resp_and_norm(params, X, chunk)
+
+
+def _evaluate(params, X):
+    return _evaluate_validated(*_validated(params, X))
 
 
 def score_samples(params, X) -> jax.Array:
@@ -61,8 +62,9 @@ def score_samples(params, X) -> jax.Array:
 
 def score(params, X, sample_weight=None) -> jax.Array:
     """Mean (optionally sample-weighted) log-likelihood per point; X: (N, D) -> ()."""
-    log_lik = score_samples(params, X)
-    weights = check_sample_weight(sample_weight, log_lik.shape[0], log_lik.dtype, 1)
+    params, X = _validated(params, X)
+    weights = check_sample_weight(sample_weight, X.shape[0], X.dtype, 1)
+    log_lik = _evaluate_validated(params, X)[1]
     return jnp.sum(weights * log_lik) / jnp.sum(weights)
 
 
@@ -86,14 +88,16 @@ def n_parameters(params) -> int:
 
 def bic(params, X) -> jax.Array:
     """Bayesian information criterion on X: (N, D) (lower is better); -> ()."""
+    mean_log_lik = score(params, X)  # validates X before its shape is used
     n = np.shape(X)[0]
-    return -2.0 * score(params, X) * n + n_parameters(params) * math.log(n)
+    return -2.0 * mean_log_lik * n + n_parameters(params) * math.log(n)
 
 
 def aic(params, X) -> jax.Array:
     """Akaike information criterion on X: (N, D) (lower is better); -> ()."""
+    mean_log_lik = score(params, X)  # validates X before its shape is used
     n = np.shape(X)[0]
-    return -2.0 * score(params, X) * n + 2.0 * n_parameters(params)
+    return -2.0 * mean_log_lik * n + 2.0 * n_parameters(params)
 
 
 @partial(jax.jit, static_argnames="n_samples")
@@ -118,6 +122,11 @@ def sample(params, n_samples: int = 1, key=0) -> tuple[jax.Array, jax.Array]:
         X: (M, D) points, grouped by component as in scikit-learn, and labels: (M,).
     """
     params = _as_params(params)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+    if (
+        isinstance(n_samples, (bool, np.bool_))
+        or not isinstance(n_samples, numbers.Integral)
+        or n_samples < 1
+    ):
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    n_samples = int(n_samples)
     return _sample(params, as_key(key), n_samples)

@@ -1,18 +1,32 @@
 """Input checks at the API boundary: plain-language errors before anything is traced.
 
+Every public function validates its arguments here and raises ``ValueError`` or
+``TypeError`` with a message that says what is wrong and how to fix it, before any
+JAX program is traced or compiled.
+
 Arrays that are JAX tracers (inside ``jit``/``vmap``) get only the checks their shape
-and dtype allow; value checks (NaN, signs, sums) run on concrete inputs.
+and dtype allow; value checks (NaN, signs, sums, positive definiteness) run on
+concrete inputs only. Under ``jit``/``vmap`` check ``FitResult.status`` instead.
 """
 
 from __future__ import annotations
 
+import difflib
 import numbers
+import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._init import INIT_METHODS
-from jaxgmm._params import COVARIANCE_TYPES
+from jaxgmm._params import COVARIANCE_TYPES, FitResult, GaussianMixtureParams
+
+# Fitted means resolve a feature to np.spacing(|mean|) in the compute dtype; warn when
+# that is coarser than this fraction of the feature's standard deviation.
+_RESOLUTION_WARNING = 1e-2
+# Headroom below the dtype's largest value for sums of N * D squared deviations.
+_OVERFLOW_HEADROOM = 16.0
 
 
 def is_traced(x) -> bool:
@@ -25,6 +39,9 @@ def compute_dtype(dtype) -> np.dtype:
     if np.dtype(dtype) == np.float64 and jax.config.jax_enable_x64:
         return np.dtype(np.float64)
     return np.dtype(np.float32)
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 def _check_numeric_dtype(dtype, name: str) -> None:
@@ -41,15 +58,148 @@ def _check_numeric_dtype(dtype, name: str) -> None:
         )
 
 
-def _check_finite(values: np.ndarray, name: str) -> None:
+def _as_numeric_numpy(value, name: str) -> np.ndarray:
+    """``value`` as a numpy array of a real numeric dtype (object arrays converted)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an array of numbers, got a string.")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise TypeError(
+            f"{name} could not be read as an array of numbers ({err}). Rows of different "
+            f"lengths are a common cause."
+        ) from None
+    if array.dtype == object:
+        try:
+            array = array.astype(np.float64)
+        except (ValueError, TypeError):
+            raise TypeError(
+                f"{name} holds Python objects that are not all numbers (dtype object); "
+                f"convert it to floating point first, e.g. np.asarray({name}, dtype=float)."
+            ) from None
+    _check_numeric_dtype(array.dtype, name)
+    return array
+
+
+def _position(index: tuple) -> str:
+    if len(index) == 2:
+        return f"row {index[0]}, column {index[1]}"
+    if len(index) == 1:
+        return f"index {index[0]}"
+    return f"index {index}"
+
+
+def _check_finite(values: np.ndarray, name: str, advice: str) -> None:
+    """Raise if ``values`` holds NaN or +-inf, naming how many and where the first is."""
+    if not np.issubdtype(values.dtype, np.inexact):
+        return
     bad = ~np.isfinite(values)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
+        n_bad = int(bad.sum())
         n_nan = int(np.isnan(values).sum())
         raise ValueError(
-            f"{name} contains {int(bad.sum())} non-finite value(s) ({n_nan} NaN, "
-            f"{int(bad.sum()) - n_nan} infinite); the first is at index {first}. "
-            f"Remove or impute those entries before fitting."
+            f"{name} contains {n_bad} non-finite value{'s' if n_bad != 1 else ''} "
+            f"({n_nan} NaN, {n_bad - n_nan} infinite); the first is at {_position(first)}. "
+            f"{advice}"
+        )
+
+
+_DATA_NON_FINITE_ADVICE = (
+    "jaxgmm has no missing-data support: drop the rows that contain them (e.g. "
+    "X[np.isfinite(X).all(axis=1)]) or impute them (e.g. sklearn.impute.SimpleImputer) first."
+)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def check_data_array(X, name: str = "X", n_features: int | None = None):
+    """Validate (N, D) data, keeping the input's own precision.
+
+    Args:
+        X: array-like (N, D) of real numbers; object arrays of numbers are converted.
+        name: the argument's name, for messages.
+        n_features: if given, the D the data must have (e.g. the D seen at fit time).
+
+    Returns:
+        A numpy array in the input's dtype (concrete input) or the tracer itself.
+
+    Raises:
+        TypeError: non-numeric, complex or unreadable input.
+        ValueError: not 2-D, no rows or no columns, wrong D, NaN or +-inf values.
+    """
+    if is_traced(X):
+        _check_numeric_dtype(X.dtype, name)
+        array = X
+    else:
+        array = _as_numeric_numpy(X, name)
+    if array.ndim != 2:
+        hint = ""
+        if array.ndim == 1:
+            hint = " Use X.reshape(-1, 1) for one feature, or X.reshape(1, -1) for one sample."
+        raise ValueError(
+            f"{name} must be 2-D with shape (n_samples, n_features), got shape "
+            f"{tuple(array.shape)}.{hint}"
+        )
+    n_samples, d = array.shape
+    if n_samples == 0 or d == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(array.shape)}; it needs at least one sample (row) and "
+            f"one feature (column)."
+        )
+    if n_features is not None and d != n_features:
+        raise ValueError(
+            f"{name} has {d} feature{'s' if d != 1 else ''}, but the model was fitted on "
+            f"{n_features}. Pass data with the same columns as at fit time."
+        )
+    if not is_traced(array):
+        _check_finite(array, name, _DATA_NON_FINITE_ADVICE)
+    return array
+
+
+def _column_range(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (min, max) as float64, without copying the data."""
+    return (
+        np.min(array, axis=0).astype(np.float64),
+        np.max(array, axis=0).astype(np.float64),
+    )
+
+
+def _check_range(lo: np.ndarray, hi: np.ndarray, shape: tuple, dtype, centred: bool, name: str):
+    """Raise if ``dtype`` cannot hold the data or EM's sums of squared deviations."""
+    n_samples, d = shape
+    dtype = np.dtype(dtype)
+    largest = float(max(np.abs(lo).max(), np.abs(hi).max()))
+    spread = float((hi - lo).max())  # bounds every deviation from the (weighted) mean
+    limit = float(np.sqrt(np.finfo(dtype).max / (_OVERFLOW_HEADROOM * n_samples * d)))
+    if spread > limit or (not centred and largest > float(np.finfo(dtype).max)):
+        raise ValueError(
+            f"{name} has values up to {largest:.3g} in magnitude, spread over a range of "
+            f"{spread:.3g}; in {dtype} the sums of squares that EM needs would overflow "
+            f"(the limit for {n_samples} x {d} data is about {limit:.3g}). Rescale {name} "
+            f"first, e.g. (X - X.mean(axis=0)) / X.std(axis=0)."
+        )
+
+
+def _warn_if_unresolved(lo: np.ndarray, hi: np.ndarray, dtype, name: str) -> None:
+    """Warn when ``dtype`` resolves numbers near the data only coarsely for their spread."""
+    dtype = np.dtype(dtype)
+    center = (lo + hi) / 2
+    half_range = (hi - lo) / 2
+    resolution = np.spacing(np.abs(center).astype(dtype)).astype(np.float64)
+    coarse = (half_range > 0) & (resolution > _RESOLUTION_WARNING * half_range)
+    if coarse.any():
+        d = int(np.argmax(np.where(coarse, resolution / np.where(coarse, half_range, 1.0), 0)))
+        warnings.warn(
+            f"{name} feature {d} lies between {lo[d]:.7g} and {hi[d]:.7g}: far from the "
+            f"origin for its spread. {dtype} resolves numbers near {center[d]:.7g} only to "
+            f"{resolution[d]:.3g}, so the fitted means (and later predictions) are that "
+            f"coarse. Centre and scale {name} before fitting, e.g. "
+            f"(X - X.mean(axis=0)) / X.std(axis=0), or enable float64 with "
+            f"jax.config.update('jax_enable_x64', True) and pass float64 data.",
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -65,38 +215,84 @@ def check_data(X, name: str = "X", n_features: int | None = None):
         The data as a JAX array (concrete input) or the tracer (traced input), in the
         compute dtype (see :func:`compute_dtype`).
     """
-    if is_traced(X):
-        _check_numeric_dtype(X.dtype, name)
-        array = X
-    else:
-        if isinstance(X, (str, bytes)):
-            raise TypeError(f"{name} must be a 2-D array of numbers, got a string.")
-        try:
-            array = np.asarray(X)
-        except (ValueError, TypeError) as err:
-            raise TypeError(f"{name} could not be read as an array of numbers: {err}") from None
-        _check_numeric_dtype(array.dtype, name)
-    if array.ndim != 2:
-        hint = " Use X.reshape(-1, 1) for a single feature." if array.ndim == 1 else ""
-        raise ValueError(
-            f"{name} must be 2-D with shape (n_samples, n_features), got shape "
-            f"{tuple(array.shape)}.{hint}"
-        )
-    n_samples, d = array.shape
-    if n_samples == 0 or d == 0:
-        raise ValueError(
-            f"{name} has shape {tuple(array.shape)}; it needs at least one sample and one feature."
-        )
-    if n_features is not None and d != n_features:
-        raise ValueError(
-            f"{name} has {d} features, but the model was fitted on {n_features}. Pass data "
-            f"with the same columns as at fit time."
-        )
+    array = check_data_array(X, name, n_features)
     dtype = compute_dtype(array.dtype)
     if not is_traced(array):
-        array = array.astype(dtype, copy=False)
-        _check_finite(array, name)
-    return jax.numpy.asarray(array, dtype=dtype)
+        _check_range(*_column_range(array), array.shape, dtype, False, name)
+    return jnp.asarray(array, dtype=dtype)
+
+
+def centre_and_cast(X, sample_weight, dtype, name: str = "X"):
+    """Cast validated data to the compute dtype, centring first when that saves precision.
+
+    When concrete input is more precise than the compute dtype (float64 or int64 data
+    fitted in float32, e.g. with x64 disabled), its weighted mean is subtracted in
+    float64 *before* the cast, so data far from the origin keep their spread; the
+    caller adds the returned offset back to the fitted means. Warns when the compute
+    dtype resolves numbers near the data to worse than 1% of their half-range (the
+    fitted means cannot be more precise than that).
+
+    Args:
+        X: (N, D) output of :func:`check_data_array`.
+        sample_weight: (N,) validated weights.
+        dtype: the compute dtype.
+        name: the argument's name, for messages.
+
+    Returns:
+        (X in ``dtype`` as a JAX array, offset: (D,) float64 numpy array or None).
+    """
+    if is_traced(X):
+        return jnp.asarray(X, dtype), None
+    dtype = np.dtype(dtype)
+    lo, hi = _column_range(X)
+    precise_input = np.dtype(X.dtype) != dtype and not is_traced(sample_weight)
+    _check_range(lo, hi, X.shape, dtype, precise_input, name)
+    if dtype.itemsize < 8:
+        _warn_if_unresolved(lo, hi, dtype, name)
+    if not precise_input:
+        return jnp.asarray(X, dtype), None
+    X64 = X.astype(np.float64, copy=False)
+    weights = np.asarray(sample_weight, np.float64)
+    offset = (weights @ X64) / weights.sum()
+    return jnp.asarray((X64 - offset).astype(dtype)), offset
+
+
+# ------------------------------------------------------------------------- options
+
+
+def _check_int(value, name: str, minimum: int) -> None:
+    if is_traced(value):
+        raise TypeError(
+            f"{name} must be a concrete Python int, got a traced value. It fixes array "
+            f"shapes, so under jax.jit pass it as a static argument (static_argnames)."
+        )
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+
+
+def _check_real(value, name: str, minimum: float) -> None:
+    if is_traced(value):
+        return
+    if isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0:
+        if np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer):
+            value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}.")
+    if not np.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value}.")
+
+
+def _check_choice(value, name: str, choices: tuple) -> None:
+    if isinstance(value, str) and value in choices:
+        return
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value.lower(), choices, n=1)
+        if close:
+            hint = f" Did you mean {close[0]!r}?"
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}.{hint}")
 
 
 def check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init) -> None:
@@ -106,28 +302,14 @@ def check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_ini
     _check_int(n_init, "n_init", minimum=1)
     _check_real(tol, "tol", minimum=0.0)
     _check_real(reg_covar, "reg_covar", minimum=0.0)
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(
-            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}."
-        )
-    if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}.")
+    _check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
+    _check_choice(init, "init", INIT_METHODS)
 
 
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-
-
-def _check_real(value, name: str, minimum: float) -> None:
-    if is_traced(value):
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}.")
-    if not np.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value}.")
+def check_chunk_size(chunk_size) -> None:
+    """``chunk_size`` must be None or a positive int."""
+    if chunk_size is not None:
+        _check_int(chunk_size, "chunk_size", minimum=1)
 
 
 def check_n_samples(n_samples: int, n_components: int) -> None:
@@ -140,37 +322,55 @@ def check_n_samples(n_samples: int, n_components: int) -> None:
 
 
 def check_sample_weight(sample_weight, n_samples: int, dtype, n_components: int):
-    """Validate per-point weights (N,); None means all ones. Returns a JAX array."""
+    """Validate per-point weights (N,); None means all ones. Returns a JAX array.
+
+    Weights must be finite and >= 0, and at least ``n_components`` of them > 0.
+    """
     if sample_weight is None:
-        return jax.numpy.ones(n_samples, dtype)
+        return jnp.ones(n_samples, dtype)
     if not is_traced(sample_weight):
-        sample_weight = np.asarray(sample_weight)
+        sample_weight = _as_numeric_numpy(sample_weight, "sample_weight")
+    else:
         _check_numeric_dtype(sample_weight.dtype, "sample_weight")
-    if sample_weight.shape != (n_samples,):
+    if tuple(sample_weight.shape) != (n_samples,):
         raise ValueError(
             f"sample_weight must have shape ({n_samples},), one weight per row of X, got "
             f"shape {tuple(sample_weight.shape)}."
         )
     if not is_traced(sample_weight):
-        sample_weight = sample_weight.astype(dtype)
-        _check_finite(sample_weight, "sample_weight")
-        if (sample_weight < 0).any():
+        _check_finite(sample_weight, "sample_weight", "Weights must be finite numbers >= 0.")
+        n_negative = int((sample_weight < 0).sum())
+        if n_negative:
+            first = int(np.argmax(sample_weight < 0))
             raise ValueError(
-                f"sample_weight has {int((sample_weight < 0).sum())} negative value(s); "
-                f"weights must be >= 0."
+                f"sample_weight has {n_negative} negative value(s), the first at index "
+                f"{first}; weights must be >= 0 (use 0 to leave a point out)."
             )
-        n_positive = int((sample_weight > 0).sum())
-        if n_positive == 0:
+        if not (sample_weight > 0).any():
             raise ValueError("sample_weight is all zero; at least one point needs weight > 0.")
+        with np.errstate(over="ignore", under="ignore"):
+            cast = sample_weight.astype(dtype)
+        n_positive = int((cast > 0).sum())
+        if n_positive < int((sample_weight > 0).sum()) or not np.isfinite(cast).all():
+            raise ValueError(
+                f"sample_weight has values (between {sample_weight.min():.3g} and "
+                f"{sample_weight.max():.3g}) that {np.dtype(dtype)} cannot hold; rescale "
+                f"the weights, e.g. sample_weight / sample_weight.max()."
+            )
         if n_positive < n_components:
             raise ValueError(
                 f"Only {n_positive} point(s) have positive sample_weight, fewer than "
                 f"n_components = {n_components}. Use fewer components or more data."
             )
-    return jax.numpy.asarray(sample_weight, dtype)
+        sample_weight = cast
+    return jnp.asarray(sample_weight, dtype)
 
 
-def _covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
+# ------------------------------------------------------------- initial parameters
+
+
+def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
+    """Shape of ``covariances``/``precisions`` for a covariance type."""
     return {
         "full": (n_components, n_features, n_features),
         "tied": (n_features, n_features),
@@ -180,14 +380,21 @@ def _covariance_shape(covariance_type: str, n_components: int, n_features: int) 
 
 
 def _as_checked_array(value, name: str, shape: tuple, dtype):
+    """Check shape and finiteness; concrete values come back as float64 numpy arrays."""
     if not is_traced(value):
-        value = np.asarray(value)
+        value = _as_numeric_numpy(value, name)
+    else:
         _check_numeric_dtype(value.dtype, name)
     if tuple(value.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}.")
     if not is_traced(value):
         value = value.astype(np.float64)
-        _check_finite(value, name)
+        _check_finite(value, name, "Initial parameters must be finite.")
+        if not np.isfinite(value.astype(dtype)).all():
+            raise ValueError(
+                f"{name} has values up to {np.abs(value).max():.3g}, too large for "
+                f"{np.dtype(dtype)}; rescale the data and initial parameters."
+            )
     return value
 
 
@@ -199,8 +406,20 @@ def check_initial_params(
     n_components,
     n_features,
     dtype,
+    means_offset=None,
 ):
     """Validate user-given initial parameters (scikit-learn's meaning and shapes).
+
+    Args:
+        weights_init: None or (K,) weights in [0, 1] summing to 1.
+        means_init: None or (K, D) means.
+        precisions_init: None or precision matrices shaped like the covariances:
+            (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical; symmetric
+            positive definite (full, tied) or positive (diag, spherical).
+        covariance_type, n_components, n_features: the fit's settings.
+        dtype: the compute dtype.
+        means_offset: None or (D,) float64 offset subtracted from ``means_init`` (in
+            float64, before the cast) when the data were centred at the boundary.
 
     Returns:
         (weights_init, means_init, precisions_init) as JAX arrays in ``dtype`` or None.
@@ -211,7 +430,7 @@ def check_initial_params(
         if not is_traced(w):
             if (w < 0).any() or (w > 1).any():
                 raise ValueError(
-                    f"weights_init must lie in [0, 1], got min {w.min()} and max {w.max()}."
+                    f"weights_init must lie in [0, 1], got min {w.min():.6g} and max {w.max():.6g}."
                 )
             if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
                 raise ValueError(
@@ -221,37 +440,139 @@ def check_initial_params(
     else:
         out.append(None)
     if means_init is not None:
-        out.append(_as_checked_array(means_init, "means_init", (n_components, n_features), dtype))
+        m = _as_checked_array(means_init, "means_init", (n_components, n_features), dtype)
+        if means_offset is not None and not is_traced(m):
+            m = m - means_offset
+        out.append(m)
     else:
         out.append(None)
     if precisions_init is not None:
-        shape = _covariance_shape(covariance_type, n_components, n_features)
+        shape = covariance_shape(covariance_type, n_components, n_features)
         p = _as_checked_array(precisions_init, f"precisions_init ({covariance_type})", shape, dtype)
         if not is_traced(p):
-            _check_precisions(p, covariance_type)
+            _check_precisions(p, covariance_type, np.dtype(dtype))
         out.append(p)
     else:
         out.append(None)
-    return tuple(None if v is None else jax.numpy.asarray(v, dtype) for v in out)
+    return tuple(None if v is None else jnp.asarray(v, dtype) for v in out)
 
 
-def _check_precisions(precisions: np.ndarray, covariance_type: str) -> None:
+def _check_precisions(precisions: np.ndarray, covariance_type: str, dtype: np.dtype) -> None:
+    name = f"precisions_init ({covariance_type})"
     if covariance_type in ("diag", "spherical"):
         if (precisions <= 0).any():
             raise ValueError(
-                f"precisions_init ({covariance_type}) must be strictly positive; "
-                f"{int((precisions <= 0).sum())} value(s) are <= 0."
+                f"{name} must be strictly positive; {int((precisions <= 0).sum())} value(s) "
+                f"are <= 0."
+            )
+        if (precisions.astype(dtype) <= 0).any():
+            raise ValueError(
+                f"{name} has values as small as {precisions.min():.3g}, which are 0 in "
+                f"{dtype}; rescale the data and initial parameters."
             )
         return
     matrices = precisions[None] if covariance_type == "tied" else precisions
     for k, matrix in enumerate(matrices):
         if not np.allclose(matrix, matrix.T, rtol=1e-7, atol=1e-10):
-            raise ValueError(
-                f"precisions_init ({covariance_type}) matrix {k} is not symmetric; "
-                f"pass (P + P.T) / 2."
-            )
+            raise ValueError(f"{name} matrix {k} is not symmetric; pass (P + P.T) / 2.")
         if np.linalg.eigvalsh(matrix).min() <= 0:
             raise ValueError(
-                f"precisions_init ({covariance_type}) matrix {k} is not positive definite; "
-                f"every precision matrix must have strictly positive eigenvalues."
+                f"{name} matrix {k} is not positive definite; every precision matrix must "
+                f"have strictly positive eigenvalues (it is the inverse of a covariance)."
             )
+        try:
+            np.linalg.cholesky(matrix.astype(dtype))
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                f"{name} matrix {k} is positive definite but too ill-conditioned for "
+                f"{dtype} (condition number {np.linalg.cond(matrix):.3g}); pass a "
+                f"better-conditioned matrix or fit in float64."
+            ) from None
+
+
+# ------------------------------------------------------------------ fitted params
+
+
+@jax.jit
+def _params_summary(params: GaussianMixtureParams):
+    """(all finite, min weight, weight sum, min precision-Cholesky diagonal)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    chol = params.precisions_cholesky
+    if params.covariance_type in ("full", "tied"):
+        chol = jnp.diagonal(chol, axis1=-2, axis2=-1)
+    return finite, jnp.min(params.weights), jnp.sum(params.weights), jnp.min(chol)
+
+
+def check_params(params) -> GaussianMixtureParams:
+    """Validate fitted parameters given to the functional inference API.
+
+    Args:
+        params: :class:`GaussianMixtureParams`, or the :class:`FitResult` of
+            :func:`jaxgmm.fit`.
+
+    Returns:
+        The :class:`GaussianMixtureParams`.
+
+    Raises:
+        TypeError: not parameters, or arrays of mixed or non-floating dtypes.
+        ValueError: inconsistent shapes, a batch of models, or values that do not
+            describe a mixture (non-finite, weights not summing to one, ...).
+    """
+    if isinstance(params, FitResult):
+        params = params.params
+    if not isinstance(params, GaussianMixtureParams):
+        raise TypeError(
+            "expected fitted parameters (GaussianMixtureParams or the FitResult of "
+            f"jaxgmm.fit), got {type(params).__name__}. Fit a model first with "
+            "jaxgmm.fit(X, n_components)."
+        )
+    _check_choice(params.covariance_type, "params.covariance_type", COVARIANCE_TYPES)
+    means = params.means
+    if np.ndim(means) == 3:
+        raise ValueError(
+            f"params hold a batch of {np.shape(means)[0]} models (e.g. from jaxgmm.fit_many); "
+            "select one first: jax.tree_util.tree_map(lambda a: a[b], result.params)."
+        )
+    if np.ndim(means) != 2:
+        raise ValueError(f"params.means must be (K, D), got shape {np.shape(means)}.")
+    k, d = np.shape(means)
+    expected = {
+        "weights": (k,),
+        "covariances": covariance_shape(params.covariance_type, k, d),
+        "precisions_cholesky": covariance_shape(params.covariance_type, k, d),
+    }
+    for field, shape in expected.items():
+        got = tuple(np.shape(getattr(params, field)))
+        if got != shape:
+            raise ValueError(
+                f"params.{field} has shape {got}, but {params.covariance_type} parameters "
+                f"with means of shape {(k, d)} need {shape}."
+            )
+    dtypes = {np.dtype(getattr(params, f).dtype) for f in ("means", *expected)}
+    if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
+        raise TypeError(
+            f"params arrays must all have the same floating dtype, got "
+            f"{sorted(str(t) for t in dtypes)}."
+        )
+    if any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(params)):
+        return params
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    finite, min_weight, weight_sum, min_chol = (float(v) for v in _params_summary(params))
+    if not finite:
+        raise ValueError(
+            "params contain NaN or infinite values, so they do not describe a mixture. If "
+            "they come from jaxgmm.fit under jit/vmap or from fit_many, check "
+            "result.status: Status.NON_FINITE marks a fit that failed."
+        )
+    if min_weight < 0 or abs(weight_sum - 1.0) > 1e-3:
+        raise ValueError(
+            f"params.weights must be >= 0 and sum to 1, got min {min_weight:.6g} and sum "
+            f"{weight_sum:.6g}."
+        )
+    if min_chol <= 0:
+        raise ValueError(
+            "params.precisions_cholesky must have a strictly positive diagonal (upper "
+            "Cholesky factors of the precisions, as scikit-learn's precisions_cholesky_)."
+        )
+    return params

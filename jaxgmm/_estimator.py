@@ -301,6 +301,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             sample_weight=sample_weight,
         )
         if warm:
+            fitted_shape = self.means_.shape
+            if fitted_shape != (self.n_components, X.shape[1]):
+                raise ValueError(
+                    f"warm_start=True continues from the fitted model, which has "
+                    f"{fitted_shape[0]} components and {fitted_shape[1]} features, but "
+                    f"n_components={self.n_components} and X has {X.shape[1]} features. "
+                    f"Set warm_start=False to fit a new model."
+                )
             inits = dict(
                 weights_init=self.weights_,
                 means_init=self.means_,

@@ -185,7 +185,11 @@ def fit_compiled(
         A :class:`FitResult` for the restart with the best finite lower bound.
     """
     # Work around the weighted data mean: exact float32 statistics for offset data.
-    center = jnp.sum(sample_weight[:, None] * X, axis=0) / jnp.sum(sample_weight)
+    total_weight = jnp.sum(sample_weight)
+    center = jnp.sum(sample_weight[:, None] * X, axis=0) / total_weight
+    # One refinement pass: the first mean can be an ulp off (e.g. division done as a
+    # reciprocal product); constant data then centre to exactly zero.
+    center = center + jnp.sum(sample_weight[:, None] * (X - center), axis=0) / total_weight
     X_chunks, weight_chunks = split_rows(X - center, sample_weight, chunk_size)
     if means_init is not None:
         means_init = means_init - center

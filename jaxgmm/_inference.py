@@ -69,8 +69,14 @@ def score(params, X, sample_weight=None) -> jax.Array:
 
 
 def predict_proba(params, X) -> jax.Array:
-    """Posterior probability of each component for each point; X: (N, D) -> (N, K)."""
-    return jnp.exp(_evaluate(params, X)[0])
+    """Posterior probability of each component for each point; X: (N, D) -> (N, K).
+
+    Rows sum to one to rounding even for points so far from every component that their
+    log-densities are huge (|log p| ~ 1e6 in float32, where the log-normaliser itself
+    is rounded by more than 0.1).
+    """
+    proba = jnp.exp(_evaluate(params, X)[0])
+    return proba / jnp.sum(proba, axis=1, keepdims=True)
 
 
 def predict(params, X) -> jax.Array:

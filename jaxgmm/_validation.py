@@ -192,10 +192,10 @@ def _warn_if_unresolved(lo: np.ndarray, hi: np.ndarray, dtype, name: str) -> Non
     if coarse.any():
         d = int(np.argmax(np.where(coarse, resolution / np.where(coarse, half_range, 1.0), 0)))
         warnings.warn(
-            f"{name} feature {d} lies between {lo[d]:.7g} and {hi[d]:.7g}: far from the "
-            f"origin for its spread. {dtype} resolves numbers near {center[d]:.7g} only to "
-            f"{resolution[d]:.3g}, so the fitted means (and later predictions) are that "
-            f"coarse. Centre and scale {name} before fitting, e.g. "
+            f"{name} feature {d} spans only {hi[d] - lo[d]:.3g} around {center[d]:.6g}, far "
+            f"from the origin for its spread: {dtype} resolves numbers near {center[d]:.6g} "
+            f"only to {resolution[d]:.3g}, so the fitted means (and later predictions) "
+            f"cannot be finer than that. Centre and scale {name} before fitting, e.g. "
             f"(X - X.mean(axis=0)) / X.std(axis=0), or enable float64 with "
             f"jax.config.update('jax_enable_x64', True) and pass float64 data.",
             UserWarning,

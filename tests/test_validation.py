@@ -8,6 +8,7 @@ by validation, before anything is traced or compiled.
 from __future__ import annotations
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,12 @@ import pytest
 
 import jaxgmm
 from jaxgmm import GaussianMixtureParams
-from jaxgmm._validation import check_data, check_sample_weight
+from jaxgmm._validation import (
+    centre_and_cast,
+    check_data,
+    check_initial_params,
+    check_sample_weight,
+)
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 N, D, K = 12, 3, 2
@@ -496,3 +502,51 @@ def test_fit_many_validates_every_data_set(X):
         jaxgmm.fit_many([X, X], K, sample_weight=[np.ones(N), np.zeros(N)])
     with _raises(ValueError, "same number of features"):
         jaxgmm.fit_many([X, X[:, :2]], K)
+
+
+# ------------------------------------------- centring in the input's precision
+
+
+def test_float64_data_for_float32_are_centred_before_the_cast():
+    """The spread survives the cast; the offset is returned to be added back."""
+    rng = np.random.default_rng(2)
+    X = 1e6 + rng.normal(size=(N, D)) * 1e-3
+    weights = rng.uniform(0.5, 1.5, size=N)
+    with pytest.warns(UserWarning, match="resolves numbers near 1e\\+06 only to 0.0625"):
+        centred, offset = centre_and_cast(X, jnp.asarray(weights), np.float32)
+    np.testing.assert_allclose(offset, np.average(X, axis=0, weights=weights), rtol=1e-15)
+    assert centred.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(centred, np.float64), X - offset, rtol=1e-6, atol=0)
+    # The naive cast would have left nothing of the spread:
+    assert np.unique(X.astype(np.float32)).size <= 2 * D
+
+
+def test_integer_timestamps_are_centred_before_the_cast():
+    """int64 nanosecond timestamps (~1.7e18) keep their second-scale spread in float32."""
+    seconds = np.arange(N) % 7
+    X = (1_700_000_000_000_000_000 + seconds * 1_000_000_000).reshape(-1, 1)
+    X = np.concatenate([X, X], axis=1).astype(np.int64)
+    with pytest.warns(UserWarning, match="spans only 6e\\+09 around 1.7e\\+18"):
+        centred, offset = centre_and_cast(X, jnp.ones(N, np.float32), np.float32)
+    expected = (seconds - seconds.mean()) * 1e9
+    np.testing.assert_allclose(np.asarray(centred, np.float64)[:, 0], expected, rtol=1e-6)
+
+
+def test_no_centring_or_warning_when_precision_is_not_lost():
+    X = np.random.default_rng(3).normal(size=(N, D)) + 100.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same, offset = centre_and_cast(X.astype(np.float32), jnp.ones(N, np.float32), np.float32)
+        assert offset is None
+        np.testing.assert_array_equal(np.asarray(same), X.astype(np.float32))
+        _, offset = centre_and_cast(X, jnp.ones(N), np.float64)
+        assert offset is None
+
+
+def test_means_init_is_shifted_in_float64_before_the_cast():
+    offset = np.array([1e6, -2e6, 5e5])
+    means = offset + np.array([[1e-3, 2e-3, 3e-3], [-1e-3, 0.0, 4e-3]])
+    _, shifted, _ = check_initial_params(
+        None, means, None, "full", K, D, np.float32, means_offset=offset
+    )
+    np.testing.assert_allclose(np.asarray(shifted, np.float64), means - offset, rtol=1e-6)

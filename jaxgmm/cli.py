@@ -1,4 +1,4 @@
-"""The ``jaxgmm`` command line: fit, select, predict, info and demo.
+"""The ``jaxgmm`` command line: fit, select, predict, plot, info and demo.
 
 Run ``jaxgmm --help`` or ``jaxgmm COMMAND --help``. Every command calls only the public
 functional API (``jaxgmm.fit``, ``predict``, ``bic``, ...), :mod:`jaxgmm.io`,
@@ -33,9 +33,9 @@ _MAX_MEAN_COLUMNS = 8
 
 _EPILOG = """\
 exit status: 0 success, 1 bad input or failed fit, 2 usage error, 130 interrupted.
-environment: JAXGMM_CACHE_DIR sets the folder of the compilation cache that makes repeated
-runs start fast (default ~/.cache/jaxgmm/xla; empty turns it off); JAXGMM_TRACEBACK=1
-shows full tracebacks instead of one-line errors.
+environment: compiled fits are cached on disk so repeated runs start fast;
+JAXGMM_COMPILATION_CACHE=FOLDER moves the cache (default ~/.cache/jaxgmm/xla), =0 turns
+it off. JAXGMM_TRACEBACK=1 shows full tracebacks instead of one-line errors.
 """
 
 
@@ -320,6 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
+    plot = commands.add_parser(
+        "plot",
+        help="draw a saved model over the rows of a file",
+        description="Draw FILE's rows coloured by the saved model's components, with the "
+        "covariance ellipses (needs matplotlib: pip install 'jaxgmm[plot]').",
+        epilog="example: jaxgmm plot model.npz data.csv -o picture.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plot.add_argument("model", type=Path, metavar="MODEL", help="a model saved by jaxgmm")
+    plot.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
+    plot.add_argument(
+        "-o",
+        "--output",
+        metavar="PNG",
+        help="where to draw (default: MODEL's stem + '.png')",
+    )
+    _add_data_options(plot)
+    plot.set_defaults(handler=_cmd_plot)
+
     info = commands.add_parser(
         "info",
         help="show what a saved model holds",
@@ -401,25 +420,31 @@ def _one_line(err: BaseException) -> str:
 
 
 def _enable_compilation_cache() -> None:
-    """Keep compiled fits on disk so repeated commands skip XLA compilation."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return  # the user configured JAX's cache; JAX reads it itself
-    setting = os.environ.get("JAXGMM_CACHE_DIR")
-    if setting is not None and setting.strip() == "":
+    """Keep compiled fits on disk so that repeated commands skip XLA compilation.
+
+    On by default for the command line (its process is ours, so the process-wide JAX
+    setting touches nothing else). ``JAXGMM_COMPILATION_CACHE`` = a folder picks the
+    folder, ``0``/``false``/``no``/``off`` turns it off; a cache folder the user gave
+    JAX (``JAX_COMPILATION_CACHE_DIR``) is left alone.
+    """
+    import jax
+
+    value = os.environ.get("JAXGMM_COMPILATION_CACHE", "").strip()
+    if value.lower() in ("0", "false", "no", "off"):
         return
-    if setting:
-        folder = Path(setting).expanduser()
+    if jax.config.jax_compilation_cache_dir and not value:
+        return
+    if value and value.lower() not in ("1", "true", "yes", "on"):
+        folder = Path(value).expanduser()
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         folder = Path(base) / "jaxgmm" / "xla"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return
-    import jax
-
+        return  # an unwritable cache only costs speed
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 # --------------------------------------------------------------------------------------
@@ -608,7 +633,8 @@ def _print_summary(trial: _Trial, data: _Data, options: dict[str, Any], out=None
     restarts = options["n_init"]
     print(
         f"\nGaussian mixture: K={params.n_components} components, {params.covariance_type} "
-        f"covariances, fitted to {n} points x {params.n_features} features.",
+        f"covariances, fitted to {n} points x {params.n_features} "
+        f"feature{'s' if params.n_features > 1 else ''}.",
         file=out,
     )
     if status == jaxgmm.Status.CONVERGED:
@@ -797,9 +823,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    import jaxgmm
+def _load_model_and_data(args: argparse.Namespace):
+    """The saved model and FILE's rows (its columns picked by name when it can)."""
     from jaxgmm import io
+    from jaxgmm._validation import check_data
 
     meta = io.load_metadata(args.model)
     _use_dtype(meta["dtype"])
@@ -807,10 +834,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     user = meta.get("user") or {}
     columns = user.get("columns") if isinstance(user, dict) else None
     data = _read_data(args, dtype=meta["dtype"], model_columns=columns)
-    from jaxgmm._validation import check_data
-
     check_data(data.X, name=str(args.file), n_features=params.n_features)
     print(f"Read {data.description}.", file=sys.stderr)
+    return meta, params, data
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        from jaxgmm import plot
+
+        plot.require_matplotlib()
+    except ImportError as err:
+        raise MissingPlotExtraError(f"no picture: {err}") from None
+    _, params, data = _load_model_and_data(args)
+    path = args.output or f"{args.model.stem}.png"
+    fig = plot.summary_figure(params, data.X, title=f"{args.model.name} on {args.file.name}")
+    fig.savefig(path, dpi=110)
+    print(f"Wrote the picture to {path}")
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import jaxgmm
+
+    meta, params, data = _load_model_and_data(args)
     k = params.n_components
     header, blocks, formats = [], [], []
     float_fmt = "%.9g" if meta["dtype"] == "float32" else "%.17g"

@@ -208,15 +208,16 @@ def plot_mixture(
 
 
 def _plot_1d(ax, x, weights, means, variances, colors) -> None:
-    ax.hist(x, bins="auto", density=True, color="0.8", edgecolor="0.6", label="data")
+    bins = int(np.clip(np.sqrt(len(x)), 10, 60))
+    ax.hist(x, bins=bins, density=True, color="0.85", edgecolor="0.65", label="data")
     pad = 3 * np.sqrt(variances.max())
     grid = np.linspace(min(x.min(), means.min() - pad), max(x.max(), means.max() + pad), 400)
     total = np.zeros_like(grid)
     for k, (w, m, v) in enumerate(zip(weights, means, variances, strict=True)):
         density = w * _normal_pdf(grid, m, v)
         total += density
-        ax.plot(grid, density, color=colors[k], linewidth=1.5, label=f"{k}: w={w:.2f}")
-    ax.plot(grid, total, color="black", linewidth=2, label="mixture")
+        ax.plot(grid, density, color=colors[k], linewidth=2.5, label=f"{k}: w={w:.2f}")
+    ax.plot(grid, total, color="black", linewidth=1.2, linestyle="--", label="mixture")
     ax.set_xlabel("x")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)

@@ -116,6 +116,14 @@ def test_predict_to_stdout_with_one_kind_of_output(fit_k4):
     assert "Read " in err  # the chatter goes to stderr, the table to stdout
 
 
+def test_plot_draws_a_saved_model_over_a_file(fit_k4, workdir):
+    picture = workdir / "model-on-toy.png"
+    code, out, err = run("plot", fit_k4["model"], TOY, "-o", picture)
+    assert code == 0, err
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Wrote the picture to {picture}" in out
+
+
 def test_info_describes_the_model(fit_k4):
     code, out, _ = run("info", fit_k4["model"])
     assert code == 0
@@ -225,6 +233,28 @@ def test_progress_default_follows_the_terminal(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("0", None), ("off", None), ("{tmp}/mine", "{tmp}/mine"), ("", "{tmp}/xdg/jaxgmm/xla")],
+)
+def test_compilation_cache_setting(monkeypatch, tmp_path, setting, expected):
+    import jax
+
+    from jaxgmm import cli
+
+    updates = {}
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.update({name: value}))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("JAXGMM_COMPILATION_CACHE", setting.format(tmp=tmp_path))
+    cli._enable_compilation_cache()
+    if expected is None:
+        assert updates == {}
+    else:
+        folder = expected.format(tmp=tmp_path)
+        assert updates["jax_compilation_cache_dir"] == folder
+        assert Path(folder).is_dir()
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [("4", [4]), ("1..5", [1, 2, 3, 4, 5]), ("2-4", [2, 3, 4]), ("8,2,4,2", [2, 4, 8])],
 )
@@ -316,7 +346,7 @@ def test_usage_errors_exit_2(args):
 def test_help_and_version():
     code, out, _ = run("--help")
     assert code == 0
-    for command in ("fit", "select", "predict", "info", "demo"):
+    for command in ("fit", "select", "predict", "plot", "info", "demo"):
         assert command in out
     code, out, _ = run("fit", "--help")
     assert code == 0
@@ -334,7 +364,7 @@ def test_help_and_version():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     cache = tmp_path_factory.mktemp("xla-cache")
-    return {**os.environ, "JAXGMM_CACHE_DIR": str(cache)}
+    return {**os.environ, "JAXGMM_COMPILATION_CACHE": str(cache)}
 
 
 def _console_script() -> str:

@@ -151,6 +151,16 @@ def test_columns_are_picked_by_name_and_remembered_by_the_model(fit_k4, workdir)
     assert_one_line_error(code, err, "has no column 'z'; its columns are id, x, y")
 
 
+def test_npy_input_fits_like_the_text_file(fit_k4, workdir):
+    npy = workdir / "toy.npy"
+    np.save(npy, datasets.load("toy_2d").X)
+    model = workdir / "from_npy.npz"
+    code, out, err = run("fit", npy, "-k", "4", "-o", model)
+    assert code == 0, err
+    assert "250 rows x 2 columns (.npy array)" in out
+    np.testing.assert_array_equal(np.asarray(io.load(model).means), fit_k4["expected"].params.means)
+
+
 def test_float64_fits_in_float64(workdir):
     model = workdir / "m64.npz"
     code, out, err = run("fit", TOY, "-k", "2", "--dtype", "float64", "-o", model)

@@ -287,7 +287,7 @@ def data_dir() -> Path | None:
     return None
 
 
-def read_data_file(spec: DatasetSpec, path: Path) -> np.ndarray:
+def _read_data_file(spec: DatasetSpec, path: Path) -> np.ndarray:
     """Read a shipped data file; -> (N, D) float64."""
     delimiter = None if spec.delimiter == " " else spec.delimiter
     X = np.loadtxt(path, delimiter=delimiter, skiprows=int(spec.header), ndmin=2)
@@ -322,7 +322,7 @@ def load(name: str = "toy_2d") -> Dataset:
         name=spec.name,
         description=meta["description"],
         seed=int(meta["seed"]),
-        X=read_data_file(spec, path),
+        X=_read_data_file(spec, path),
         labels=np.asarray(meta["labels"], dtype=np.int64),
         weights=np.asarray(meta["weights"], dtype=np.float64),
         means=np.asarray(meta["means"], dtype=np.float64),

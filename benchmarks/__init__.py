@@ -1,0 +1,1 @@
+"""Benchmarks comparing jaxgmm with numpy and scikit-learn (see benchmarks/README.md)."""

@@ -1,0 +1,132 @@
+"""W4, big N: N = 10,000,000, D = 16, K = 16, full covariances, float32 -- time per
+iteration and peak memory.
+
+The fit runs in a fresh child process so that its peak resident set size (RSS)
+belongs to this workload alone; the data (640 MB in float32) are generated in that
+process in blocks, never in float64. The E-step works on row chunks, so the engine's
+own memory is O(chunk * K * D + K * D^2), not O(N * K * D).
+
+Run: ``python -m benchmarks.bench_bign [--quick] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (
+    base_parser,
+    full_flops,
+    machine_info,
+    machine_line,
+    markdown_table,
+    write_results,
+)
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, sys.argv[2])
+    spec = json.loads(sys.argv[1])
+    from benchmarks._common import make_blobs, matmul_gflops, peak_rss_mib, per_iteration
+    X = make_blobs(spec["n"], spec["d"], spec["k"], seed=5)
+    rss_data = peak_rss_mib()
+    import jax, jax.numpy as jnp
+    import jaxgmm
+    Xj = jnp.asarray(X)
+    del X
+    def run(max_iter):
+        return jaxgmm.fit(Xj, spec["k"], max_iter=max_iter, tol=0.0,
+                          init="k-means++", key=0).params.means
+    res = per_iteration(run, spec["a"], spec["b"], spec["repeats"])
+    res["peak_rss_mib"] = peak_rss_mib()
+    res["rss_after_data_mib"] = rss_data
+    res["matmul_gflops"] = matmul_gflops()
+    print(json.dumps(res))
+    """
+)
+
+
+def run(n: int, d: int, k: int, a: int, b: int, repeats: int) -> dict:
+    """Run the workload in a child process; returns its measurements."""
+    spec = dict(n=n, d=d, k=k, a=a, b=b, repeats=repeats)
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(spec), root],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        check=True,
+        timeout=3000,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result.update(spec)
+    flops = full_flops(n, k, d)
+    result["floor_s"] = flops / (result["matmul_gflops"] * 1e9)
+    result["gflops"] = flops / result["per_iter_s"] / 1e9 if result["per_iter_s"] else None
+    result["data_mib"] = n * d * 4 / 2**20
+    return result
+
+
+def render(info: dict, r: dict, quick: bool) -> str:
+    """The Markdown report."""
+    rows = [
+        [
+            f"{r['n']:,}",
+            1e3 * r["per_iter_s"],
+            r["gflops"],
+            r["per_iter_s"] / r["floor_s"],
+            r["data_mib"],
+            r["rss_after_data_mib"],
+            r["peak_rss_mib"] / 1024,
+        ]
+    ]
+    lines = [
+        "# W4: big N" + (" (quick smoke run)" if quick else ""),
+        "",
+        f"Machine: {machine_line(info)}.",
+        "",
+        f"Full covariances, D={r['d']}, K={r['k']}, float32, k-means++ initialisation; "
+        f"per-iteration time from fits with max_iter {r['a']} and {r['b']} (tol 0). Peak "
+        "RSS is the child process's maximum resident set size, data generation and "
+        "JAX included.",
+        "",
+        markdown_table(
+            [
+                "N",
+                "ms / iter",
+                "GFLOP/s",
+                "× floor",
+                "data (MiB)",
+                "RSS with data only (MiB)",
+                "peak RSS (GiB)",
+            ],
+            rows,
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> Path:
+    """Run W4; returns the Markdown results path."""
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    info = machine_info()
+    if args.quick:
+        r = run(50_000, 4, 3, 1, 2, 1)
+    else:
+        r = run(10_000_000, 16, 16, 1, 3, 2)
+    markdown = render(info, r, args.quick)
+    path = write_results("bench_bign", markdown, {"machine": info, "result": r}, args.out)
+    print(markdown)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -42,8 +42,6 @@ def test_same_key_and_data_are_bit_identical(covariance_type, dtype):
     first = jaxgmm.fit(X, K, covariance_type=covariance_type, key=7)
     again = jaxgmm.fit(X.copy(), K, covariance_type=covariance_type, key=jax.random.key(7))
     assert _digest(first) == _digest(again)
-    different_key = jaxgmm.fit(X, K, covariance_type=covariance_type, key=8, init="random")
-    assert _digest(different_key) != _digest(first)
 
 
 _SCRIPT = textwrap.dedent(
@@ -78,16 +76,16 @@ def test_bit_identical_across_processes():
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("covariance_type", ["full", "spherical"])
-def test_more_restarts_never_score_lower(covariance_type, dtype):
+def test_more_restarts_never_score_lower(covariance_type):
     """Restart i uses fold_in(key, i), so n_init = 3 contains the n_init = 1 run, bit for bit.
 
-    float32 rounding differs between batched and unbatched code, so this holds only
-    because restart 0 runs unbatched in both programs.
+    float32 rounding differs between batched and unbatched code (and can lead EM to a
+    different optimum), so this holds only because restart 0 runs unbatched in both
+    programs. (float64 with n_init = 8 is covered in test_properties.py.)
     """
     for seed in range(8):
-        X = _data(seed).astype(dtype)
+        X = _data(seed).astype(np.float32)
         one = jaxgmm.fit(X, K, covariance_type=covariance_type, key=seed)
         three = jaxgmm.fit(X, K, covariance_type=covariance_type, key=seed, n_init=3)
         assert float(three.lower_bound) >= float(one.lower_bound), seed

@@ -21,6 +21,7 @@ from jaxgmm._validation import (
     check_data,
     check_data_array,
     check_initial_params,
+    check_key,
     check_n_samples,
     check_options,
     check_sample_weight,
@@ -118,6 +119,7 @@ def fit(
     """
     check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init)
     check_chunk_size(chunk_size)
+    check_key(key)
     X = check_data_array(X)
     n_samples, n_features = X.shape
     check_n_samples(n_samples, n_components)
@@ -234,6 +236,7 @@ def fit_many(
         every restart went non-finite have ``status == Status.NON_FINITE``; no error is
         raised for them.
     """
+    check_key(key)
     X, W = stack_datasets(datasets, sample_weight)
     dtype = compute_dtype(X.dtype)
     for b in range(X.shape[0]):

@@ -16,7 +16,7 @@ from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._em import log_resp_and_norm
 from jaxgmm._keys import as_key
 from jaxgmm._params import GaussianMixtureParams
-from jaxgmm._validation import check_data, check_params, check_sample_weight
+from jaxgmm._validation import check_data, check_key, check_params, check_sample_weight
 
 
 def _as_params(params) -> GaussianMixtureParams:
@@ -135,4 +135,5 @@ def sample(params, n_samples: int = 1, key=0) -> tuple[jax.Array, jax.Array]:
     ):
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
     n_samples = int(n_samples)
+    check_key(key)
     return _sample(params, as_key(key), n_samples)

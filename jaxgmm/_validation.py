@@ -306,6 +306,34 @@ def check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_ini
     _check_choice(init, "init", INIT_METHODS)
 
 
+def check_key(key) -> None:
+    """``key`` must be an int seed in [0, 2**63) or one JAX PRNG key (typed or raw uint32 (2,))."""
+    if isinstance(key, (bool, np.bool_)):
+        raise TypeError(f"key must be an int seed or a JAX PRNG key, got {key!r}.")
+    if isinstance(key, numbers.Integral):
+        if not 0 <= key < 2**63:
+            raise ValueError(f"key must be an int seed between 0 and 2**63 - 1, got {key}.")
+        return
+    if not isinstance(key, (jax.Array, np.ndarray)):
+        raise TypeError(
+            f"key must be an int seed or a JAX PRNG key (jax.random.key(0)), got "
+            f"{type(key).__name__}."
+        )
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"key must be a single PRNG key, got an array of keys of shape {key.shape}; "
+                f"pass one of them (restarts and fit_many derive their own keys from it)."
+            )
+        return
+    if key.dtype != np.uint32 or key.shape != (2,):
+        raise TypeError(
+            f"a raw PRNG key must be a uint32 array of shape (2,), as made by "
+            f"jax.random.PRNGKey(0); got dtype {key.dtype} and shape {key.shape}. Prefer an "
+            f"int seed or jax.random.key(seed)."
+        )
+
+
 def check_chunk_size(chunk_size) -> None:
     """``chunk_size`` must be None or a positive int."""
     if chunk_size is not None:

@@ -222,7 +222,7 @@ def test_data_spread_too_large_for_sums_of_squares(X):
         ("init", "randm", ValueError, "Did you mean 'random'?"),
         ("chunk_size", 0, ValueError, "chunk_size must be >= 1"),
         ("chunk_size", 1.5, TypeError, "chunk_size must be an integer"),
-        ("key", -1, ValueError, "non-negative int seed"),
+        ("key", -1, ValueError, "int seed between 0 and 2**63 - 1"),
         ("key", "seed", TypeError, "key must be an int seed or a JAX PRNG key"),
     ],
 )
@@ -465,6 +465,26 @@ def test_sample_needs_params():
 def test_n_parameters_needs_params():
     with _raises(TypeError, "expected fitted parameters"):
         jaxgmm.n_parameters([1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    ("key", "exc", "fragment"),
+    [
+        (2**70, ValueError, "between 0 and 2**63 - 1"),
+        (np.array([1.5]), TypeError, "uint32 array of shape (2,)"),
+        (np.array([1, 2, 3], np.uint32), TypeError, "got dtype uint32 and shape (3,)"),
+        (jax.random.split(jax.random.key(0), 3), ValueError, "a single PRNG key"),
+        (np.True_, TypeError, "int seed or a JAX PRNG key"),
+        (1.0, TypeError, "int seed or a JAX PRNG key"),
+    ],
+)
+def test_bad_key(X, key, exc, fragment):
+    with _raises(exc, fragment):
+        jaxgmm.fit(X, K, key=key)
+    with _raises(exc, fragment):
+        jaxgmm.sample(_params(), 3, key=key)
+    with _raises(exc, fragment):
+        jaxgmm.fit_many([X, X], K, key=key)
 
 
 # ----------------------------------------------------- under jax.jit / jax.vmap

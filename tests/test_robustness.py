@@ -2,7 +2,7 @@
 
 Either the fit keeps working with finite parameters, or it stops with the documented
 ValueError; it never returns NaN. Reference values come from closed forms, from a
-float64 fit of the same values, or from scipy.
+float64 fit of the same values, or from numpy re-implementations.
 
 Most tests share one data shape, (60, 2) with K = 3 and default options, so the
 compiled programs are reused across tests (each new shape or static option compiles).
@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import logsumexp
-from scipy.stats import norm
 
 import jaxgmm
 from jaxgmm import Status
@@ -330,7 +328,7 @@ def test_dimension_close_to_number_of_points(covariance_type):
 def test_high_dimension_diag_log_domain(dtype):
     """D = 500: every density underflows (log p < -800), the log-domain E-step does not.
 
-    Scores are checked against a float64 scipy evaluation of the fitted parameters.
+    Scores are checked against a float64 numpy evaluation of the fitted parameters.
     """
     rng = np.random.default_rng(4)
     centres = rng.normal(size=(3, 500)) * 3
@@ -347,12 +345,13 @@ def test_high_dimension_diag_log_domain(dtype):
     X64 = X.astype(np.float64)
     per_component = np.stack(
         [
-            np.log(w) + norm.logpdf(X64, m, np.sqrt(v)).sum(axis=1)
+            np.log(w) - 0.5 * np.sum(np.log(2 * np.pi * v) + (X64 - m) ** 2 / v, axis=1)
             for w, m, v in zip(weights, means, variances, strict=True)
         ],
         axis=1,
     )
-    reference = logsumexp(per_component, axis=1)
+    top = per_component.max(axis=1)
+    reference = top + np.log(np.exp(per_component - top[:, None]).sum(axis=1))
     rtol = 1e-10 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(log_lik, reference, rtol=rtol)
     np.testing.assert_allclose(float(result.lower_bound), reference.mean(), rtol=rtol * 10)

@@ -93,6 +93,10 @@ def _check_finite(values: np.ndarray, name: str, advice: str) -> None:
     """Raise if ``values`` holds NaN or +-inf, naming how many and where the first is."""
     if not np.issubdtype(values.dtype, np.inexact):
         return
+    if isinstance(values, jax.Array):  # check on the device; fetch only to explain
+        if bool(jnp.all(jnp.isfinite(values))):
+            return
+        values = np.asarray(values)
     bad = ~np.isfinite(values)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -129,7 +133,7 @@ def check_data_array(X, name: str = "X", n_features: int | None = None):
         TypeError: non-numeric, complex or unreadable input.
         ValueError: not 2-D, no rows or no columns, wrong D, NaN or +-inf values.
     """
-    if is_traced(X):
+    if is_traced(X) or isinstance(X, jax.Array):  # device arrays stay on the device
         _check_numeric_dtype(X.dtype, name)
         array = X
     else:
@@ -158,11 +162,12 @@ def check_data_array(X, name: str = "X", n_features: int | None = None):
     return array
 
 
-def _column_range(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature (min, max) as float64, without copying the data."""
+def _column_range(array) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (min, max) as float64 numpy arrays, without copying the data."""
+    xp = jnp if isinstance(array, jax.Array) else np
     return (
-        np.min(array, axis=0).astype(np.float64),
-        np.max(array, axis=0).astype(np.float64),
+        np.asarray(xp.min(array, axis=0)).astype(np.float64),
+        np.asarray(xp.max(array, axis=0)).astype(np.float64),
     )
 
 
@@ -245,7 +250,9 @@ def centre_and_cast(X, sample_weight, dtype, name: str = "X"):
         return jnp.asarray(X, dtype), None
     dtype = np.dtype(dtype)
     lo, hi = _column_range(X)
-    precise_input = np.dtype(X.dtype) != dtype and not is_traced(sample_weight)
+    precise_input = (
+        np.dtype(X.dtype) != dtype and isinstance(X, np.ndarray) and not is_traced(sample_weight)
+    )
     _check_range(lo, hi, X.shape, dtype, precise_input, name)
     if dtype.itemsize < 8:
         _warn_if_unresolved(lo, hi, dtype, name)

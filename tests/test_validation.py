@@ -82,6 +82,17 @@ def test_nan_in_x_names_count_position_and_what_to_do(X):
         jaxgmm.fit(X, K)
 
 
+def test_nan_in_a_jax_array(X):
+    """Device arrays are checked on the device; the message is the same."""
+    X[5, 1] = np.nan
+    with _raises(ValueError, "1 non-finite value", "row 5, column 1", "impute"):
+        jaxgmm.fit(jnp.asarray(X), K)
+    with _raises(ValueError, "1 non-finite value", "row 5, column 1"):
+        jaxgmm.predict(_params(), jnp.asarray(X, np.float32))
+    with _raises(ValueError, "must be 2-D"):
+        jaxgmm.fit(jnp.asarray(X[:, 0]), K)
+
+
 @pytest.mark.parametrize("value", [np.inf, -np.inf])
 def test_infinite_value_in_x(X, value):
     X[0, 1] = value

@@ -22,8 +22,8 @@ import numpy as np
 from jaxgmm._init import INIT_METHODS
 from jaxgmm._params import COVARIANCE_TYPES, FitResult, GaussianMixtureParams
 
-# Fitted means resolve a feature to np.spacing(|mean|) in the compute dtype; warn when
-# that is coarser than this fraction of the feature's standard deviation.
+# Fitted means resolve a feature only to np.spacing(|centre|) in the compute dtype; warn
+# when that is coarser than this fraction of the feature's half-range.
 _RESOLUTION_WARNING = 1e-2
 # Headroom below the dtype's largest value for sums of N * D squared deviations.
 _OVERFLOW_HEADROOM = 16.0

@@ -204,7 +204,7 @@ def _warn_if_unresolved(lo: np.ndarray, hi: np.ndarray, dtype, name: str) -> Non
             f"(X - X.mean(axis=0)) / X.std(axis=0), or enable float64 with "
             f"jax.config.update('jax_enable_x64', True) and pass float64 data.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

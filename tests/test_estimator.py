@@ -521,10 +521,8 @@ def test_bad_data_after_fit(X_overlap) -> None:
 def test_pipeline_grid_search_picks_sklearn_choice() -> None:
     """StandardScaler -> GaussianMixture in GridSearchCV picks what scikit-learn picks."""
     X = _clusters([[0.0, 0.0], [30.0, 60.0], [0.0, 100.0]], 10.0, seed=2)
-    grid = {
-        "gmm__n_components": [2, 3],
-        "gmm__covariance_type": list(COVARIANCE_TYPES),
-    }
+    # Each configuration compiles its own programs, so the grid is kept small.
+    grid = {"gmm__n_components": [2, 3], "gmm__covariance_type": ["full", "spherical"]}
     cv = KFold(3, shuffle=True, random_state=0)
     searches = {}
     for name, cls in (("sklearn", SkGaussianMixture), ("jaxgmm", GaussianMixture)):

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxgmm import compilation_cache as _compilation_cache  # noqa: F401 (JAXGMM_COMPILATION_CACHE)
 from jaxgmm._chunking import chunked_sum
 from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._params import GaussianMixtureParams
@@ -72,6 +73,11 @@ def statistics_from_resp(
 def e_step(X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtureParams) -> Stats:
     """E-step over all chunks: summed sufficient statistics and log-likelihood.
 
+    Covariance types with a fused kernel (``full``, ``diag``, ``spherical``) compute
+    log-densities, responsibilities and moments of a chunk in one pass of two matrix
+    products (see :mod:`jaxgmm._covariance`); ``tied`` uses the generic
+    ``log_prob`` / ``statistics`` pair.
+
     Args:
         X_chunks: (N_chunks, C, D) data; weight_chunks: (N_chunks, C) sample weights.
         params: current parameters.
@@ -79,7 +85,22 @@ def e_step(X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtur
     Returns:
         :class:`Stats` summed over every point.
     """
-    shift = COVARIANCE_OPS[params.covariance_type].shift(params.means)
+    ops = COVARIANCE_OPS[params.covariance_type]
+    log_weights = jnp.log(params.weights)
+    if hasattr(ops, "fused_chunk"):
+
+        def fused(X, sample_weight):
+            return ops.fused_chunk(
+                X, sample_weight, params.means, params.precisions_cholesky, log_weights
+            )
+
+        partials = chunked_sum(fused, X_chunks, weight_chunks)
+        n_k, shift, s_x, s_xx = ops.fused_finish(
+            partials.moments, params.means, params.precisions_cholesky
+        )
+        return Stats(n_k, s_x, s_xx, shift, partials.log_lik_sum, partials.n)
+
+    shift = ops.shift(params.means)
 
     def chunk_stats(X, sample_weight):
         log_resp, log_norm = log_resp_and_norm(X, params)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._chunking import chunked_sum
-from jaxgmm._em import Stats, m_step, statistics_from_resp
+from jaxgmm._em import Stats, m_step
 from jaxgmm._params import GaussianMixtureParams
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -110,15 +110,37 @@ def kmeans_centers(
     return centers
 
 
-def _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, n_components, covariance_type):
-    """Summed statistics (around zero) for responsibilities ``resp_fn(X, row_ids)``."""
-    n_chunks, chunk_size, n_features = X_chunks.shape
+def _statistics_around(X, resp_w, shift, covariance_type):
+    """(s_x, s_xx) of one chunk around a per-component ``shift`` (K, D), for any type.
+
+    Computed on explicit differences (a (C, K, D) intermediate, once per fit), so
+    they are exact in float32 whatever the data's offset: one-hot responsibilities on
+    a seed point give exactly zero scatter, hence covariances of exactly reg_covar.
+    """
+    diff = X[:, None, :] - shift[None, :, :]
+    weighted = resp_w[:, :, None] * diff
+    s_x = jnp.sum(weighted, axis=0)
+    if covariance_type == "full":
+        s_xx = jnp.einsum("ckd,cke->kde", weighted, diff)
+    elif covariance_type == "tied":
+        s_xx = jnp.einsum("ckd,cke->de", weighted, diff)
+    elif covariance_type == "diag":
+        s_xx = jnp.sum(weighted * diff, axis=0)
+    else:
+        s_xx = jnp.sum(weighted * diff, axis=(0, 2))
+    return s_x, s_xx
+
+
+def _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, shift, covariance_type):
+    """Summed statistics around ``shift`` (K, D) for responsibilities ``resp_fn(X, rows)``."""
+    n_chunks, chunk_size, _ = X_chunks.shape
     row_ids = jnp.arange(n_chunks * chunk_size).reshape(n_chunks, chunk_size)
-    shift = jnp.zeros((n_components, n_features), X_chunks.dtype)
 
     def chunk_stats(X, w, rows):
-        resp = resp_fn(X, rows).astype(X.dtype)
-        return statistics_from_resp(X, resp, w, shift, covariance_type)
+        resp_w = resp_fn(X, rows).astype(X.dtype) * w[:, None]
+        s_x, s_xx = _statistics_around(X, resp_w, shift, covariance_type)
+        zero = jnp.zeros((), X.dtype)
+        return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(w))
 
     stats = chunked_sum(chunk_stats, X_chunks, weight_chunks, row_ids)
     return stats._replace(shift=shift)
@@ -145,8 +167,13 @@ def initial_params(
         :class:`GaussianMixtureParams` from one M-step on the initial responsibilities.
     """
     w = weight_chunks.reshape(-1)
+    n_features = X_chunks.shape[-1]
+    # Statistics are taken around a point near each component's initial mean (see
+    # _statistics_around); zero (the data's centre) for random responsibilities.
+    shift = jnp.zeros((n_components, n_features), X_chunks.dtype)
     if init == "kmeans":
         centers = kmeans_centers(key, X_chunks, weight_chunks, n_components)
+        shift = centers
 
         def resp_fn(X, rows):
             labels = jnp.argmin(_squared_distances(X, centers), axis=1)
@@ -161,6 +188,8 @@ def initial_params(
                 key, w.shape[0], shape=(n_components,), replace=False, p=w / jnp.sum(w)
             )
 
+        shift = X_chunks.reshape(-1, n_features)[seeds]
+
         def resp_fn(X, rows):
             return rows[:, None] == seeds[None, :]
 
@@ -173,7 +202,5 @@ def initial_params(
 
     else:
         raise ValueError(f"unknown init {init!r}; expected one of {INIT_METHODS}")
-    stats: Stats = _stats_from_resp_fn(
-        resp_fn, X_chunks, weight_chunks, n_components, covariance_type
-    )
+    stats: Stats = _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, shift, covariance_type)
     return m_step(stats, reg_covar, covariance_type)

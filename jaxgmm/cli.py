@@ -423,28 +423,20 @@ def _enable_compilation_cache() -> None:
     """Keep compiled fits on disk so that repeated commands skip XLA compilation.
 
     On by default for the command line (its process is ours, so the process-wide JAX
-    setting touches nothing else). ``JAXGMM_COMPILATION_CACHE`` = a folder picks the
-    folder, ``0``/``false``/``no``/``off`` turns it off; a cache folder the user gave
-    JAX (``JAX_COMPILATION_CACHE_DIR``) is left alone.
+    setting touches nothing else); see :mod:`jaxgmm.compilation_cache`.
+    ``JAXGMM_COMPILATION_CACHE`` = a folder picks the folder, ``0``/``false``/``no``/``off``
+    turns it off; a cache folder the user gave JAX is left alone.
     """
-    import jax
+    from jaxgmm import compilation_cache
 
-    value = os.environ.get("JAXGMM_COMPILATION_CACHE", "").strip()
+    value = os.environ.get(compilation_cache.ENV_VAR, "").strip()
     if value.lower() in ("0", "false", "no", "off"):
         return
-    if jax.config.jax_compilation_cache_dir and not value:
-        return
-    if value and value.lower() not in ("1", "true", "yes", "on"):
-        folder = Path(value).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        folder = Path(base) / "jaxgmm" / "xla"
+    folder = None if value.lower() in ("", "1", "true", "yes", "on") else Path(value).expanduser()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        compilation_cache.enable_compilation_cache(folder)
     except OSError:
         return  # an unwritable cache only costs speed
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 # --------------------------------------------------------------------------------------

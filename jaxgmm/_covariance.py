@@ -83,12 +83,13 @@ def _add_to_diagonal(matrix: jax.Array, value: jax.Array) -> jax.Array:
 
 
 def _diag_mahalanobis(X: jax.Array, means: jax.Array, precisions: jax.Array) -> jax.Array:
-    """sum_d (x_d - mu_kd)^2 * prec_kd as three matrix products; -> (C, K)."""
-    return (
-        (X * X) @ precisions.T
-        - 2.0 * X @ (means * precisions).T
-        + jnp.sum(means * means * precisions, axis=1)
-    )
+    """sum_d (x_d - mu_kd)^2 * prec_kd from explicit differences (exact); -> (C, K).
+
+    The fused fitting kernels use the faster matrix-product expansion; this exact form
+    serves scoring and the driver's exact fallback pass.
+    """
+    diff = X[:, None, :] - means[None, :, :]
+    return jnp.sum(diff * diff * precisions[None, :, :], axis=2)
 
 
 class FusedPartials(NamedTuple):
@@ -141,9 +142,27 @@ def _diag_coefficients(means, precisions, precisions_cholesky, log_weights):
     return jnp.concatenate([-0.5 * precisions, precisions * means, const[:, None]], axis=1)
 
 
+# At or below this many features, the chunk products are written as unrolled
+# multiply-adds: under vmap (restarts, many models) XLA would otherwise issue one tiny
+# matrix product per batch member, which costs far more than the arithmetic.
+SMALL_FEATURES = 4
+
+
 def _dot_rows(a: jax.Array, b: jax.Array) -> jax.Array:
     """a @ b.T without materialising the transpose; (K, F), (C, F) -> (K, C)."""
+    if a.shape[1] <= SMALL_FEATURES:
+        out = a[:, 0:1] * b[None, :, 0]
+        for f in range(1, a.shape[1]):
+            out = out + a[:, f : f + 1] * b[None, :, f]
+        return out
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+
+
+def _dot_chunk(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b, contracting over the chunk's rows; (R, C), (C, F) -> (R, F)."""
+    if b.shape[1] <= SMALL_FEATURES + 1:
+        return jnp.stack([jnp.sum(a * b[None, :, f], axis=1) for f in range(b.shape[1])], axis=1)
+    return a @ b
 
 
 def _expanded_fused_chunk(
@@ -163,7 +182,7 @@ def _expanded_fused_chunk(
     log_prob = _dot_rows(coefficients, features)
     resp_w, log_norm = _weighted_responsibilities(log_prob, sample_weight)
     return FusedPartials(
-        moments=resp_w @ features,
+        moments=_dot_chunk(resp_w, features),
         log_lik_sum=_log_lik_sum(log_norm, sample_weight),
         n=jnp.sum(sample_weight),
     )
@@ -223,7 +242,7 @@ class Full:
         resp_w, log_norm = _weighted_responsibilities(log_prob, sample_weight)
         weighted = (resp_w[:, None, :] * y).reshape(n_components * n_features, chunk)
         X1 = jnp.concatenate([X, jnp.ones((chunk, 1), X.dtype)], axis=1)
-        moments = (weighted @ X1).reshape(n_components, n_features, n_features + 1)
+        moments = _dot_chunk(weighted, X1).reshape(n_components, n_features, n_features + 1)
         return FusedPartials(
             moments=(jnp.sum(resp_w, axis=1), moments),
             log_lik_sum=_log_lik_sum(log_norm, sample_weight),
@@ -279,12 +298,19 @@ class Tied:
         log_det = jnp.sum(jnp.log(jnp.diagonal(precisions_cholesky)))
         return -0.5 * (X.shape[1] * _LOG_2PI + jnp.sum(y * y, axis=2)) + log_det
 
-    shift = staticmethod(jnp.zeros_like)
+    @staticmethod
+    def shift(means: jax.Array) -> jax.Array:
+        """Statistics are taken around the current means (exact in float32); -> (K, D)."""
+        return means
 
     @staticmethod
     def statistics(X, resp_w, shift):
-        """(s_x (K, D), s_xx (D, D) summed over components) of one chunk; shift is 0."""
-        return resp_w.T @ X, (X * jnp.sum(resp_w, axis=1)[:, None]).T @ X
+        """(s_x (K, D), s_xx (D, D) summed over components) of one chunk, around ``shift``."""
+        diff = X[:, None, :] - shift[None, :, :]
+        weighted = diff * resp_w[:, :, None]
+        n_features = X.shape[1]
+        s_xx = weighted.reshape(-1, n_features).T @ diff.reshape(-1, n_features)
+        return jnp.sum(weighted, axis=0), s_xx
 
     @staticmethod
     def covariances(n_k, mean_shift, s_xx, reg_covar):
@@ -321,8 +347,15 @@ class Diag:
 
     @staticmethod
     def statistics(X, resp_w, shift):
-        """(s_x (K, D), s_xx (K, D) per-dimension second moments) of one chunk; shift is 0."""
-        return resp_w.T @ X, resp_w.T @ (X * X)
+        """(s_x (K, D), s_xx (K, D) per-dimension second moments) around ``shift`` (K, D).
+
+        Exact (difference-based); the fast fused E-step works around zero instead, and
+        the driver falls back to this pass when that lost precision (see
+        :func:`jaxgmm._em.lost_precision`).
+        """
+        diff = X[:, None, :] - shift[None, :, :]
+        weighted = diff * resp_w[:, :, None]
+        return jnp.sum(weighted, axis=0), jnp.sum(weighted * diff, axis=0)
 
     @staticmethod
     def fused_chunk(X, sample_weight, means, precisions_cholesky, log_weights):
@@ -350,7 +383,7 @@ class Diag:
         )
         resp_w, log_norm = _weighted_responsibilities(log_prob, sample_weight)
         return FusedPartials(
-            moments=(jnp.sum(resp_w, axis=1), resp_w @ squares, resp_w @ X),
+            moments=(jnp.sum(resp_w, axis=1), _dot_chunk(resp_w, squares), _dot_chunk(resp_w, X)),
             log_lik_sum=_log_lik_sum(log_norm, sample_weight),
             n=jnp.sum(sample_weight),
         )
@@ -408,8 +441,9 @@ class Spherical:
 
     @staticmethod
     def statistics(X, resp_w, shift):
-        """(s_x (K, D), s_xx (K,) summed squared norms) of one chunk; shift is 0."""
-        return resp_w.T @ X, resp_w.T @ jnp.sum(X * X, axis=1)
+        """(s_x (K, D), s_xx (K,) summed squared norms) around ``shift`` (K, D), exactly."""
+        s_x, s_xx = Diag.statistics(X, resp_w, shift)
+        return s_x, jnp.sum(s_xx, axis=1)
 
     @staticmethod
     def fused_chunk(X, sample_weight, means, precisions_cholesky, log_weights):

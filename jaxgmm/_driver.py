@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from jaxgmm._chunking import split_rows
 from jaxgmm._covariance import COVARIANCE_OPS
-from jaxgmm._em import e_step, m_step
+from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
 from jaxgmm._fit_progress import report_iteration
 from jaxgmm._init import initial_params
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
@@ -64,9 +64,31 @@ def run_em(
         return (state.n_iter < max_iter) & ~state.converged & state.finite
 
     def em_iteration(state: EMState) -> EMState:
-        stats = e_step(X_chunks, weight_chunks, state.params)
+        covariance_type = state.params.covariance_type
+        if covariance_type in ("diag", "spherical"):
+            # The fused kernels expand (x - mu)^2 around the data's centre; tight
+            # components far from it (float32) take the exact difference-based pass.
+            stats = jax.lax.cond(
+                needs_exact_e_step(state.params),
+                lambda: exact_e_step(X_chunks, weight_chunks, state.params, state.params.means),
+                lambda: e_step(X_chunks, weight_chunks, state.params),
+            )
+        else:
+            stats = e_step(X_chunks, weight_chunks, state.params)
         lower_bound = stats.log_lik_sum / stats.n
-        new_params = m_step(stats, reg_covar, state.params.covariance_type)
+        new_params = m_step(stats, reg_covar, covariance_type)
+        if covariance_type in ("diag", "spherical"):
+            # Fused moments are summed around zero; redo them exactly around the new
+            # means when that cancelled away a variance (float32, tight far components).
+            new_params = jax.lax.cond(
+                lost_precision(stats, new_params, reg_covar),
+                lambda: m_step(
+                    exact_e_step(X_chunks, weight_chunks, state.params, new_params.means),
+                    reg_covar,
+                    covariance_type,
+                ),
+                lambda: new_params,
+            )
         finite = jnp.isfinite(lower_bound) & _all_finite(new_params)
         if report_progress:
             jax.debug.callback(report_iteration, state.n_iter + 1, lower_bound)

@@ -100,7 +100,25 @@ def e_step(X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtur
         )
         return Stats(n_k, s_x, s_xx, shift, partials.log_lik_sum, partials.n)
 
-    shift = ops.shift(params.means)
+    return exact_e_step(X_chunks, weight_chunks, params, ops.shift(params.means))
+
+
+def exact_e_step(
+    X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtureParams, shift: jax.Array
+) -> Stats:
+    """E-step with moments taken around ``shift`` (K, D) from explicit differences.
+
+    Slower than the fused kernels for ``diag``/``spherical`` (elementwise (C, K, D)
+    work instead of matrix products) but exact in float32 however far a tight
+    component sits from the data's centre.
+
+    Args:
+        X_chunks: (N_chunks, C, D) data; weight_chunks: (N_chunks, C) sample weights.
+        params: current parameters; shift: (K, D), e.g. the current or new means.
+
+    Returns:
+        :class:`Stats` summed over every point, around ``shift``.
+    """
 
     def chunk_stats(X, sample_weight):
         log_resp, log_norm = log_resp_and_norm(X, params)
@@ -112,6 +130,50 @@ def e_step(X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtur
         return stats._replace(log_lik_sum=log_lik)
 
     return chunked_sum(chunk_stats, X_chunks, weight_chunks)._replace(shift=shift)
+
+
+def needs_exact_e_step(params: GaussianMixtureParams) -> jax.Array:
+    """Whether the fused (expanded) E-step would lose precision for these parameters.
+
+    Expanded ``diag``/``spherical`` densities have absolute error ~ eps * mean**2 /
+    variance (data centred): true when some variance is below 1e3 * eps * mean**2.
+
+    Args:
+        params: ``diag`` or ``spherical`` parameters in centred coordinates.
+
+    Returns:
+        () bool.
+    """
+    variance = params.covariances
+    if params.covariance_type == "spherical":
+        variance = variance[:, None]
+    eps = jnp.finfo(variance.dtype).eps
+    return jnp.any(variance < 1e3 * eps * params.means**2)
+
+
+def lost_precision(stats: Stats, params: GaussianMixtureParams, reg_covar: jax.Array) -> jax.Array:
+    """Whether moments summed around zero lost more than ~1e-3 of some variance.
+
+    The fused ``diag``/``spherical`` kernels sum second moments around the data's centre;
+    a variance then comes out as a difference with absolute error ~ eps * (second
+    moment). When some variance is below 1e3 * eps times its second moment (a tight
+    component far from the centre, e.g. collapsed onto duplicated points), the driver
+    recomputes the statistics exactly with :func:`exact_e_step`.
+
+    Args:
+        stats: statistics around zero from :func:`e_step`; params: the M-step's output.
+        reg_covar: () the regularisation included in ``params.covariances``.
+
+    Returns:
+        () bool.
+    """
+    n_k = stats.n_k + 10 * jnp.finfo(stats.n_k.dtype).eps
+    second_moment = stats.s_xx / n_k.reshape(n_k.shape + (1,) * (stats.s_xx.ndim - 1))
+    if params.covariance_type == "spherical":
+        second_moment = second_moment / params.n_features
+    variance = params.covariances - reg_covar
+    eps = jnp.finfo(variance.dtype).eps
+    return jnp.any(variance < 1e3 * eps * second_moment)
 
 
 def m_step(stats: Stats, reg_covar: jax.Array, covariance_type: str) -> GaussianMixtureParams:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._chunking import chunked_sum
+from jaxgmm._covariance import SMALL_FEATURES, _dot_chunk
 from jaxgmm._em import Stats, m_step
 from jaxgmm._params import GaussianMixtureParams
 
@@ -27,6 +28,11 @@ _LLOYD_TOL = 1e-4
 
 def _squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
     """||x - c||^2 for each row and center; (C, D), (K, D) -> (C, K)."""
+    if X.shape[1] <= SMALL_FEATURES:  # unrolled: no tiny matrix products under vmap
+        sq = (X[:, 0:1] - centers[None, :, 0]) ** 2
+        for d in range(1, X.shape[1]):
+            sq = sq + (X[:, d : d + 1] - centers[None, :, d]) ** 2
+        return sq
     sq = jnp.sum(X * X, axis=1)[:, None] - 2.0 * X @ centers.T + jnp.sum(centers**2, axis=1)
     return jnp.maximum(sq, 0.0)
 
@@ -91,7 +97,7 @@ def kmeans_centers(
         def chunk_sums(Xc, wc):
             labels = jnp.argmin(_squared_distances(Xc, centers), axis=1)
             onehot = jax.nn.one_hot(labels, n_clusters, dtype=Xc.dtype) * wc[:, None]
-            return jnp.sum(onehot, axis=0), onehot.T @ Xc
+            return jnp.sum(onehot, axis=0), _dot_chunk(onehot.T, Xc)
 
         return chunked_sum(chunk_sums, X_chunks, weight_chunks)
 

@@ -30,6 +30,7 @@ from benchmarks._common import (
     per_iteration,
     quiet_sklearn,
     setup_jax,
+    single_threaded_blas,
     write_results,
 )
 from benchmarks.reference_em import (
@@ -37,6 +38,10 @@ from benchmarks.reference_em import (
     loop_em_iteration,
     vectorised_em_iteration,
 )
+
+# Both libraries get the same regularisation; 1e-4 keeps 12 un-converged iterations
+# of 32 overlapping components in 16 dimensions finite.
+REG_COVAR = 1e-4
 
 
 def jaxgmm_runner(X, k: int, covariance_type: str):
@@ -54,6 +59,7 @@ def jaxgmm_runner(X, k: int, covariance_type: str):
             covariance_type=covariance_type,
             max_iter=max_iter,
             tol=0.0,
+            reg_covar=REG_COVAR,
             init="k-means++",
             key=0,
         ).params.means
@@ -71,7 +77,8 @@ def sklearn_runner(X, k: int, covariance_type: str):
             covariance_type=covariance_type,
             max_iter=max_iter,
             tol=0.0,
-            init_params="k-means++",
+            reg_covar=REG_COVAR,
+            init_params="random_from_data",  # cheap; excluded from per-iteration time
             random_state=0,
         ).fit(X)
 
@@ -102,7 +109,18 @@ def measure_sklearn(X, k, covariance_type, a, b, repeats) -> dict | None:
         import sklearn  # noqa: F401
     except ImportError:
         return None
-    return per_iteration(sklearn_runner(X, k, covariance_type), a, b, repeats, warmup=False)
+    run = sklearn_runner(X, k, covariance_type)
+    default = per_iteration(run, a, b, repeats, warmup=False)
+
+    def run_one_thread(max_iter):
+        with single_threaded_blas():
+            return run(max_iter)
+
+    single = per_iteration(run_one_thread, a, b, repeats, warmup=False)
+    # Report scikit-learn's faster threading setting (a conservative speed-up).
+    best = dict(min(default, single, key=lambda r: r["per_iter_s"]))
+    best.update(default_threads_s=default["per_iter_s"], one_thread_s=single["per_iter_s"])
+    return best
 
 
 def measure_numpy(X, k, repeats) -> dict:
@@ -150,7 +168,13 @@ def sweep(values, make, label, sizes) -> list[dict]:
         X = make_blobs(n, d, k, seed=2)
         print(f"[sweep {label}={value}] ...", flush=True)
         row = {label: value, "n": n, "d": d, "k": k}
-        row["jaxgmm_s"] = per_iteration(jaxgmm_runner(X, k, "full"), *sizes["jax"])["per_iter_s"]
+        try:
+            row["jaxgmm_s"] = per_iteration(jaxgmm_runner(X, k, "full"), *sizes["jax"])[
+                "per_iter_s"
+            ]
+        except ValueError as err:  # a fit that went non-finite: report, don't stop
+            print(f"  jaxgmm failed: {err}", flush=True)
+            row["jaxgmm_s"] = None
         sk = measure_sklearn(X, k, "full", *sizes["sk"])
         row["sklearn32_s"] = sk["per_iter_s"] if sk else None
         row["numpy_s"] = measure_numpy(X, k, sizes["np_repeats"])["per_iter_s"]
@@ -267,10 +291,9 @@ def render(info: dict, results: list[dict], sweeps: dict, quick: bool) -> str:
         lines += ["", f"## Sweep over {label} (full, float32): ms per iteration", ""]
         lines.append(
             markdown_table(
-                [label, "N", "D", "K", "jaxgmm", "scikit-learn f32", "numpy f64", "floor"],
+                ["N", "D", "K", "jaxgmm", "scikit-learn f32", "numpy f64", "floor"],
                 [
                     [
-                        r[label],
                         r["n"],
                         r["d"],
                         r["k"],
@@ -305,16 +328,19 @@ def main(argv=None) -> Path:
             ("W1", 100_000, 16, 16, "full", True),
             ("W1d", 1_000_000, 32, 32, "diag", False),
         ]
-        n_values, k_values = [10_000, 30_000, 100_000, 300_000], [4, 8, 16, 32]
+        n_values, k_values = [10_000, 100_000, 300_000], [4, 16, 32]
         sweep_n = lambda v: (v, 16, 16)  # noqa: E731
         sweep_k = lambda v: (100_000, 16, v)  # noqa: E731
     results = []
     for name, n, d, k, ct, with_numpy in specs:
         wl_sizes = dict(sizes)
         if name == "W1d" and not args.quick:
-            wl_sizes["sk"] = (1, 3, 3)
+            wl_sizes["sk"] = (1, 3, 1)
+            wl_sizes["jax"] = (1, 5, 3)
         results.append(workload(name, n, d, k, ct, wl_sizes, with_numpy=with_numpy))
-    sweep_sizes = dict(sizes, jax=(2, 7, 3)) if not args.quick else sizes
+    # same (a, b) as W1, so the W1-shaped sweep points reuse its compiled programs
+    sweep_sizes = dict(sizes, jax=(2, 12, 3), sk=(1, 3, 1), np_repeats=1)
+    sweep_sizes = sweep_sizes if not args.quick else sizes
     sweeps = {
         "N": sweep(n_values, sweep_n, "N", sweep_sizes),
         "K": sweep(k_values, sweep_k, "K", sweep_sizes),

@@ -2,7 +2,7 @@
 
 import importlib.util as _importlib_util
 
-from jaxgmm import datasets
+from jaxgmm import compilation_cache, datasets
 from jaxgmm._fit import fit, fit_many
 from jaxgmm._inference import (
     aic,
@@ -60,3 +60,7 @@ def __getattr__(name: str):
             ) from err
         return GaussianMixture
     raise AttributeError(f"module 'jaxgmm' has no attribute {name!r}")
+
+
+# Opt-in only: does nothing unless JAXGMM_COMPILATION_CACHE is set.
+compilation_cache.enable_from_environment()

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._chunking import chunked_sum
-from jaxgmm._covariance import SMALL_FEATURES, _dot_chunk
+from jaxgmm._covariance import COVARIANCE_OPS, SMALL_FEATURES, _dot_chunk
 from jaxgmm._em import Stats, m_step
 from jaxgmm._params import GaussianMixtureParams
 
@@ -116,27 +116,6 @@ def kmeans_centers(
     return centers
 
 
-def _statistics_around(X, resp_w, shift, covariance_type):
-    """(s_x, s_xx) of one chunk around a per-component ``shift`` (K, D), for any type.
-
-    Computed on explicit differences (a (C, K, D) intermediate, once per fit), so
-    they are exact in float32 whatever the data's offset: one-hot responsibilities on
-    a seed point give exactly zero scatter, hence covariances of exactly reg_covar.
-    """
-    diff = X[:, None, :] - shift[None, :, :]
-    weighted = resp_w[:, :, None] * diff
-    s_x = jnp.sum(weighted, axis=0)
-    if covariance_type == "full":
-        s_xx = jnp.einsum("ckd,cke->kde", weighted, diff)
-    elif covariance_type == "tied":
-        s_xx = jnp.einsum("ckd,cke->de", weighted, diff)
-    elif covariance_type == "diag":
-        s_xx = jnp.sum(weighted * diff, axis=0)
-    else:
-        s_xx = jnp.sum(weighted * diff, axis=(0, 2))
-    return s_x, s_xx
-
-
 def _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, shift, covariance_type):
     """Summed statistics around ``shift`` (K, D) for responsibilities ``resp_fn(X, rows)``."""
     n_chunks, chunk_size, _ = X_chunks.shape
@@ -144,7 +123,7 @@ def _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, shift, covariance_type
 
     def chunk_stats(X, w, rows):
         resp_w = resp_fn(X, rows).astype(X.dtype) * w[:, None]
-        s_x, s_xx = _statistics_around(X, resp_w, shift, covariance_type)
+        s_x, s_xx = COVARIANCE_OPS[covariance_type].statistics(X, resp_w, shift)
         zero = jnp.zeros((), X.dtype)
         return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(w))
 
@@ -175,7 +154,7 @@ def initial_params(
     w = weight_chunks.reshape(-1)
     n_features = X_chunks.shape[-1]
     # Statistics are taken around a point near each component's initial mean (see
-    # _statistics_around); zero (the data's centre) for random responsibilities.
+    # the exact per-type statistics); zero (the data's centre) for random responsibilities.
     shift = jnp.zeros((n_components, n_features), X_chunks.dtype)
     if init == "kmeans":
         centers = kmeans_centers(key, X_chunks, weight_chunks, n_components)

@@ -18,8 +18,8 @@ from jaxgmm._params import FitResult, Status
 from jaxgmm._validation import (
     centre_and_cast,
     check_chunk_size,
-    check_data,
     check_data_array,
+    check_datasets,
     check_initial_params,
     check_key,
     check_n_samples,
@@ -239,9 +239,7 @@ def fit_many(
     check_key(key)
     X, W = stack_datasets(datasets, sample_weight)
     dtype = compute_dtype(X.dtype)
-    for b in range(X.shape[0]):
-        check_data(X[b], name=f"data set {b}")
-        check_sample_weight(W[b], X.shape[1], dtype, n_components)
+    check_datasets(X, W, dtype, n_components)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(X.shape[0]))
 
     def fit_one(x, w, k):

@@ -227,6 +227,46 @@ def check_data(X, name: str = "X", n_features: int | None = None):
     return jnp.asarray(array, dtype=dtype)
 
 
+def check_datasets(X: np.ndarray, W: np.ndarray, dtype, n_components: int) -> None:
+    """Validate a stacked batch of data sets and weights, vectorised over the batch.
+
+    Equivalent to :func:`check_data` and :func:`check_sample_weight` on every data set
+    ``X[b]``, ``W[b]``, but one numpy pass for the whole batch; only a data set that
+    fails a check is re-checked on its own, to raise that check's message.
+
+    Args:
+        X: (B, N, D) numeric numpy array; W: (B, N) numeric numpy weights.
+        dtype: the compute dtype; n_components: K.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_data` / :func:`check_sample_weight`, naming
+            the data set ("data set b").
+    """
+    _check_numeric_dtype(X.dtype, "the data sets")
+    _check_numeric_dtype(W.dtype, "sample_weight")
+    n_batch, n_samples, n_features = X.shape
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        finite = np.isfinite(X).all(axis=(1, 2)) if np.issubdtype(X.dtype, np.inexact) else True
+        lo, hi = X.min(axis=1).astype(np.float64), X.max(axis=1).astype(np.float64)
+        largest = np.maximum(np.abs(lo), np.abs(hi)).max(axis=1)
+        spread = (hi - lo).max(axis=1)
+        limit = np.sqrt(np.finfo(dtype).max / (_OVERFLOW_HEADROOM * n_samples * n_features))
+        in_range = (spread <= limit) & (largest <= np.finfo(dtype).max)
+        weights_ok = np.isfinite(W).all(axis=1) & (W >= 0).all(axis=1)
+        cast = W.astype(dtype)
+        weights_ok &= np.isfinite(cast).all(axis=1)
+        weights_ok &= (cast > 0).sum(axis=1) == (W > 0).sum(axis=1)
+        weights_ok &= (cast > 0).sum(axis=1) >= n_components
+    suspect = ~(finite & in_range & weights_ok)
+    for b in np.flatnonzero(suspect):  # re-check alone: raises with the plain message
+        check_data(X[b], name=f"data set {b}")
+        try:
+            check_sample_weight(W[b], n_samples, dtype, n_components)
+        except ValueError as error:
+            raise ValueError(f"data set {b}: {error}") from None
+
+
 def centre_and_cast(X, sample_weight, dtype, name: str = "X"):
     """Cast validated data to the compute dtype, centring first when that saves precision.
 

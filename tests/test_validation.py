@@ -581,3 +581,22 @@ def test_means_init_is_shifted_in_float64_before_the_cast():
         None, means, None, "full", K, D, np.float32, means_offset=offset
     )
     np.testing.assert_allclose(np.asarray(shifted, np.float64), means - offset, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spoil, expected",
+    [
+        (lambda X, W: X.__setitem__((4, 0), np.inf), ("data set 2 contains 1 non-finite",)),
+        (lambda X, W: X.__setitem__((3, 1), 1e155), ("data set 2 has values up to 1e+155",)),
+        (lambda X, W: W.__setitem__(7, -1.0), ("data set 2: sample_weight has 1 negative",)),
+        (lambda X, W: W.__setitem__(slice(K - 1, None), 0.0), ("data set 2: Only", "positive")),
+        (lambda X, W: W.__setitem__(0, np.nan), ("data set 2: sample_weight contains 1",)),
+    ],
+)
+def test_fit_many_names_the_bad_data_set(X, spoil, expected):
+    # The batch is checked vectorised; the one bad set must still get its own message.
+    datasets = [X.copy() for _ in range(4)]
+    weights = [np.ones(N) for _ in range(4)]
+    spoil(datasets[2], weights[2])
+    with _raises(ValueError, *expected):
+        jaxgmm.fit_many(datasets, K, sample_weight=weights)

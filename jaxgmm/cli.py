@@ -211,6 +211,38 @@ def _add_progress_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fitting_command_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    components_default: list[int] | None,
+    components_metavar: str,
+    components_help: str,
+    criterion_help: str,
+    output_help: str,
+    plot_help: str,
+) -> None:
+    """Add the arguments ``fit`` and ``select`` share; only defaults and help texts differ.
+
+    FILE, ``-k``, ``--criterion``, ``-o`` and ``--plot`` (in that order), then the
+    fitting, data-file and progress options.
+    """
+    parser.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
+    parser.add_argument(
+        "-k",
+        "--components",
+        type=parse_components,
+        default=components_default,
+        metavar=components_metavar,
+        help=components_help,
+    )
+    parser.add_argument("--criterion", choices=("bic", "aic"), default="bic", help=criterion_help)
+    parser.add_argument("-o", "--output", type=Path, metavar="MODEL", help=output_help)
+    parser.add_argument("--plot", nargs="?", const="", metavar="PNG", help=plot_help)
+    _add_fit_options(parser)
+    _add_data_options(parser)
+    _add_progress_option(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxgmm`` command."""
     from jaxgmm import __version__
@@ -232,32 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: jaxgmm fit data.csv -k 3 -c diag -r 5 -o model.npz --plot",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fit.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
-    fit.add_argument(
-        "-k",
-        "--components",
-        type=parse_components,
-        metavar="K",
-        help="number of components: 3, or a range/list (1..10, 2,4,8) to choose from by "
-        f"the criterion (default: choose from {DEFAULT_K_RANGE} by BIC)",
+    _add_fitting_command_arguments(
+        fit,
+        components_default=None,
+        components_metavar="K",
+        components_help="number of components: 3, or a range/list (1..10, 2,4,8) to choose "
+        f"from by the criterion (default: choose from {DEFAULT_K_RANGE} by BIC)",
+        criterion_help="criterion for choosing K from a range (default: bic)",
+        output_help="save the model here",
+        plot_help="draw the fit to a PNG (default name: FILE's stem + '-gmm.png')",
     )
-    fit.add_argument(
-        "--criterion",
-        choices=("bic", "aic"),
-        default="bic",
-        help="criterion for choosing K from a range (default: bic)",
-    )
-    fit.add_argument("-o", "--output", type=Path, metavar="MODEL", help="save the model here")
-    fit.add_argument(
-        "--plot",
-        nargs="?",
-        const="",
-        metavar="PNG",
-        help="draw the fit to a PNG (default name: FILE's stem + '-gmm.png')",
-    )
-    _add_fit_options(fit)
-    _add_data_options(fit)
-    _add_progress_option(fit)
     fit.set_defaults(handler=_cmd_fit)
 
     select = commands.add_parser(
@@ -268,34 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: jaxgmm select data.csv --components 1..10 --plot",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    select.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
-    select.add_argument(
-        "-k",
-        "--components",
-        type=parse_components,
-        default=parse_components(DEFAULT_K_RANGE),
-        metavar="KS",
-        help=f"K values to compare: a range (1..10) or a list (2,4,8) (default: {DEFAULT_K_RANGE})",
+    _add_fitting_command_arguments(
+        select,
+        components_default=parse_components(DEFAULT_K_RANGE),
+        components_metavar="KS",
+        components_help="K values to compare: a range (1..10) or a list (2,4,8) "
+        f"(default: {DEFAULT_K_RANGE})",
+        criterion_help="criterion that picks the best K (default: bic)",
+        output_help="save the best model here",
+        plot_help="draw BIC/AIC against K and the best fit "
+        "(default name: FILE's stem + '-select.png')",
     )
-    select.add_argument(
-        "--criterion",
-        choices=("bic", "aic"),
-        default="bic",
-        help="criterion that picks the best K (default: bic)",
-    )
-    select.add_argument(
-        "-o", "--output", type=Path, metavar="MODEL", help="save the best model here"
-    )
-    select.add_argument(
-        "--plot",
-        nargs="?",
-        const="",
-        metavar="PNG",
-        help="draw BIC/AIC against K and the best fit (default name: FILE's stem + '-select.png')",
-    )
-    _add_fit_options(select)
-    _add_data_options(select)
-    _add_progress_option(select)
     select.set_defaults(handler=_cmd_select)
 
     predict = commands.add_parser(

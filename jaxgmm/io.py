@@ -54,15 +54,6 @@ class ModelFileError(ValueError):
     """A file is not a readable jaxgmm model (corrupt, truncated, newer, or foreign)."""
 
 
-def _covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
-    return {
-        "full": (n_components, n_features, n_features),
-        "tied": (n_features, n_features),
-        "diag": (n_components, n_features),
-        "spherical": (n_components,),
-    }[covariance_type]
-
-
 def _unpack(model) -> tuple[dict[str, np.ndarray], str, dict[str, Any] | None]:
     """(arrays, covariance_type, fit summary or None) of a model to save."""
     from jaxgmm._params import FitResult, GaussianMixtureParams
@@ -211,6 +202,8 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
 
 
 def _check(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    from jaxgmm._validation import covariance_shape
+
     bad = f"{str(path)!r} is corrupt:"
     missing = [name for name in _ARRAYS if name not in arrays]
     if missing:
@@ -224,7 +217,7 @@ def _check(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> N
     k, d = meta.get("n_components"), meta.get("n_features")
     if not (isinstance(k, int) and isinstance(d, int) and k >= 1 and d >= 1):
         raise ModelFileError(f"{bad} invalid n_components/n_features {k!r}/{d!r}.")
-    cov_shape = _covariance_shape(covariance_type, k, d)
+    cov_shape = covariance_shape(covariance_type, k, d)
     shapes = {
         "weights": (k,),
         "means": (k, d),

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 import warnings
@@ -237,6 +238,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
+def report_heading(title: str, info: dict, quick: bool) -> list[str]:
+    """The first lines of every report: ``title`` (marked on a --quick run) and the machine."""
+    return [
+        title + (" (quick smoke run)" if quick else ""),
+        "",
+        f"Machine: {machine_line(info)}.",
+        "",
+    ]
+
+
 def write_results(name: str, markdown: str, data: dict, out_dir: Path | None = None) -> Path:
     """Write ``<name>.md`` and ``<name>.json`` to the results folder; returns the .md path."""
     out = Path(out_dir) if out_dir is not None else RESULTS_DIR
@@ -274,3 +285,49 @@ def setup_jax(cache: bool) -> None:
         from jaxgmm.compilation_cache import enable_compilation_cache
 
         enable_compilation_cache()
+
+
+def start_run(
+    doc: str, argv: Sequence[str] | None, *, fits_here: bool = True
+) -> tuple[argparse.Namespace, dict]:
+    """Parse a script's arguments and describe the machine, before anything is timed.
+
+    Args:
+        doc: the script's docstring; its first line is the ``--help`` description.
+        argv: the arguments (default: ``sys.argv[1:]``).
+        fits_here: the script fits in this process, so ``--cache`` is honoured
+            (:func:`setup_jax`) and scikit-learn's ConvergenceWarning silenced first.
+            False where the fits run in child processes that set themselves up.
+
+    Returns:
+        The parsed arguments and :func:`machine_info`.
+    """
+    args = base_parser(doc.splitlines()[0]).parse_args(argv)
+    if fits_here:
+        setup_jax(args.cache)
+        quiet_sklearn()
+    return args, machine_info()
+
+
+def publish(name: str, markdown: str, data: dict, out_dir: Path | None) -> Path:
+    """Write the report (:func:`write_results`), print it, and return the .md path."""
+    path = write_results(name, markdown, data, out_dir)
+    print(markdown)
+    return path
+
+
+def run_child(code: str, args: Sequence[str], *, env: dict[str, str], timeout: float) -> dict:
+    """Run ``python -c code *args`` in a fresh process; returns its last stdout line's JSON.
+
+    A failing or overrunning child raises :class:`subprocess.CalledProcessError` or
+    :class:`subprocess.TimeoutExpired`.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=timeout,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -22,12 +21,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (
-    base_parser,
     full_flops,
-    machine_info,
-    machine_line,
     markdown_table,
-    write_results,
+    publish,
+    report_heading,
+    run_child,
+    start_run,
 )
 
 _CHILD = textwrap.dedent(
@@ -58,15 +57,7 @@ def run(n: int, d: int, k: int, a: int, b: int, repeats: int) -> dict:
     """Run the workload in a child process; returns its measurements."""
     spec = dict(n=n, d=d, k=k, a=a, b=b, repeats=repeats)
     root = str(Path(__file__).resolve().parents[1])
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(spec), root],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        check=True,
-        timeout=3000,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_child(_CHILD, [json.dumps(spec), root], env=dict(os.environ), timeout=3000)
     result.update(spec)
     flops = full_flops(n, k, d)
     result["floor_s"] = flops / (result["matmul_gflops"] * 1e9)
@@ -89,10 +80,7 @@ def render(info: dict, r: dict, quick: bool) -> str:
         ]
     ]
     lines = [
-        "# W4: big N" + (" (quick smoke run)" if quick else ""),
-        "",
-        f"Machine: {machine_line(info)}.",
-        "",
+        *report_heading("# W4: big N", info, quick),
         f"Full covariances, D={r['d']}, K={r['k']}, float32, k-means++ initialisation; "
         f"per-iteration time from fits with max_iter {r['a']} and {r['b']} (tol 0). Peak "
         "RSS is the child process's maximum resident set size, data generation and "
@@ -116,16 +104,13 @@ def render(info: dict, r: dict, quick: bool) -> str:
 
 def main(argv=None) -> Path:
     """Run W4; returns the Markdown results path."""
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    info = machine_info()
+    args, info = start_run(__doc__, argv, fits_here=False)
     if args.quick:
         r = run(50_000, 4, 3, 1, 2, 1)
     else:
         r = run(10_000_000, 16, 16, 1, 3, 2)
     markdown = render(info, r, args.quick)
-    path = write_results("bench_bign", markdown, {"machine": info, "result": r}, args.out)
-    print(markdown)
-    return path
+    return publish("bench_bign", markdown, {"machine": info, "result": r}, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -25,13 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (
-    base_parser,
-    machine_info,
-    machine_line,
-    markdown_table,
-    write_results,
-)
+from benchmarks._common import markdown_table, publish, report_heading, run_child, start_run
 
 _CHILD = textwrap.dedent(
     """
@@ -82,15 +75,7 @@ def child(spec: dict, cache_dir: str | None) -> dict:
     env.pop("JAXGMM_COMPILATION_CACHE", None)
     if cache_dir is not None:
         env["JAXGMM_COMPILATION_CACHE"] = cache_dir
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=1200,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(_CHILD, [json.dumps(spec)], env=env, timeout=1200)
 
 
 def measure(spec: dict) -> dict:
@@ -131,10 +116,7 @@ def render(info: dict, results: list[dict], quick: bool) -> str:
             ]
         )
     lines = [
-        "# Compile time" + (" (quick smoke run)" if quick else ""),
-        "",
-        f"Machine: {machine_line(info)}.",
-        "",
+        *report_heading("# Compile time", info, quick),
         "Fresh process per column group. *Compile* = first call − steady call (tracing, "
         "lowering and XLA compilation); *CPU* is the same in process CPU seconds (less "
         "sensitive to other load on a shared machine); *XLA* is JAX's own backend-compile "
@@ -161,8 +143,7 @@ def render(info: dict, results: list[dict], quick: bool) -> str:
 
 def main(argv=None) -> Path:
     """Run the compile benchmarks; returns the Markdown results path."""
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    info = machine_info()
+    args, info = start_run(__doc__, argv, fits_here=False)
     if args.quick:
         specs = [dict(kind="fit", n=2_000, d=4, k=3, cov="full", n_init=1)]
     else:
@@ -177,9 +158,7 @@ def main(argv=None) -> Path:
         print(f"[compile] {describe(spec)} ...", flush=True)
         results.append(measure(spec))
     markdown = render(info, results, args.quick)
-    path = write_results("bench_compile", markdown, {"machine": info, "results": results}, args.out)
-    print(markdown)
-    return path
+    return publish("bench_compile", markdown, {"machine": info, "results": results}, args.out)
 
 
 if __name__ == "__main__":

@@ -18,20 +18,17 @@ import numpy as np
 
 from benchmarks._common import (
     RESULTS_DIR,
-    base_parser,
     diag_flops,
     full_flops,
-    machine_info,
-    machine_line,
     make_blobs,
     markdown_table,
     matmul_gflops,
     median_time,
     per_iteration,
-    quiet_sklearn,
-    setup_jax,
+    publish,
+    report_heading,
     single_threaded_blas,
-    write_results,
+    start_run,
 )
 from benchmarks.reference_em import (
     initial_parameters,
@@ -228,10 +225,7 @@ def speedup(ref: dict | None, res: dict) -> float | None:
 def render(info: dict, results: list[dict], sweeps: dict, quick: bool) -> str:
     """The Markdown report."""
     lines = [
-        "# EM per-iteration cost" + (" (quick smoke run)" if quick else ""),
-        "",
-        f"Machine: {machine_line(info)}.",
-        "",
+        *report_heading("# EM per-iteration cost", info, quick),
         "Per-iteration time excludes compilation and initialisation (fits with "
         "`max_iter = a` and `b`, `tol = 0`, timed alternately; median difference / (b - a)). "
         "The floor is the workload's flops (full: 4 N K D², diag: 8 N K D) at the float32 "
@@ -312,10 +306,7 @@ def render(info: dict, results: list[dict], sweeps: dict, quick: bool) -> str:
 
 def main(argv=None) -> Path:
     """Run the EM benchmarks; returns the Markdown results path."""
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    setup_jax(args.cache)
-    quiet_sklearn()
-    info = machine_info()
+    args, info = start_run(__doc__, argv)
     if args.quick:  # a smoke run: one tiny shape everywhere, so jaxgmm compiles twice
         sizes = {"jax": (1, 2, 1), "sk": (1, 2, 1), "np_repeats": 1, "loop_n": 100}
         specs = [("W1", 2_000, 4, 3, "full", True)]
@@ -358,11 +349,8 @@ def main(argv=None) -> Path:
     )
     info["load_average_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
     markdown = render(info, results, sweeps, args.quick)
-    path = write_results(
-        "bench_em", markdown, {"machine": info, "workloads": results, "sweeps": sweeps}, out_dir
-    )
-    print(markdown)
-    return path
+    data = {"machine": info, "workloads": results, "sweeps": sweeps}
+    return publish("bench_em", markdown, data, out_dir)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,13 @@ if __package__ in (None, ""):
 import numpy as np
 
 from benchmarks._common import (
-    base_parser,
-    machine_info,
-    machine_line,
     markdown_table,
     median_time,
-    quiet_sklearn,
-    setup_jax,
+    publish,
+    report_heading,
     single_threaded_blas,
+    start_run,
     time_call,
-    write_results,
 )
 
 
@@ -83,10 +80,7 @@ def render(info: dict, r: dict, quick: bool) -> str:
             label += f" ({r['sklearn_models_timed']} fits timed, scaled to {r['b']})"
         rows.append([label, 1e3 * r["sklearn_loop_s"], r["sklearn_loop_s"] / r["jaxgmm_s"]])
     lines = [
-        "# W3: many models" + (" (quick smoke run)" if quick else ""),
-        "",
-        f"Machine: {machine_line(info)}.",
-        "",
+        *report_heading("# W3: many models", info, quick),
         f"{r['b']:,} data sets of N={r['n']}, D={r['d']}, K={r['k']}, full covariances, "
         "tol=1e-3, k-means initialisation, one restart each; wall time for all of them, "
         f"median. jaxgmm compile: {r['jaxgmm_compile_s']:.2f} s (excluded). scikit-learn "
@@ -99,18 +93,13 @@ def render(info: dict, r: dict, quick: bool) -> str:
 
 def main(argv=None) -> Path:
     """Run W3; returns the Markdown results path."""
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    setup_jax(args.cache)
-    quiet_sklearn()
-    info = machine_info()
+    args, info = start_run(__doc__, argv)
     if args.quick:
         r = run(20, 100, 2, 3, repeats=1, sk_models=20)
     else:
         r = run(1_000, 500, 2, 3, repeats=5, sk_models=1_000)
     markdown = render(info, r, args.quick)
-    path = write_results("bench_many", markdown, {"machine": info, "result": r}, args.out)
-    print(markdown)
-    return path
+    return publish("bench_many", markdown, {"machine": info, "result": r}, args.out)
 
 
 if __name__ == "__main__":

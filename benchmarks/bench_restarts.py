@@ -17,17 +17,14 @@ if __package__ in (None, ""):
 import numpy as np
 
 from benchmarks._common import (
-    base_parser,
-    machine_info,
-    machine_line,
     make_blobs,
     markdown_table,
     median_time,
-    quiet_sklearn,
-    setup_jax,
+    publish,
+    report_heading,
     single_threaded_blas,
+    start_run,
     time_call,
-    write_results,
 )
 
 
@@ -79,10 +76,7 @@ def render(info: dict, r: dict, quick: bool) -> str:
         if key in r:
             rows.append([label, 1e3 * r[key], r[key] / r["jaxgmm_s"]])
     lines = [
-        "# W2: restarts" + (" (quick smoke run)" if quick else ""),
-        "",
-        f"Machine: {machine_line(info)}.",
-        "",
+        *report_heading("# W2: restarts", info, quick),
         f"Whole fit, full covariances, N={r['n']:,}, D={r['d']}, K={r['k']}, "
         f"n_init={r['n_init']}, tol=1e-3, k-means initialisation; wall time, median. "
         f"jaxgmm compile: {r['jaxgmm_compile_s']:.2f} s (excluded). scikit-learn runs "
@@ -101,18 +95,13 @@ def render(info: dict, r: dict, quick: bool) -> str:
 
 def main(argv=None) -> Path:
     """Run W2; returns the Markdown results path."""
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    setup_jax(args.cache)
-    quiet_sklearn()
-    info = machine_info()
+    args, info = start_run(__doc__, argv)
     if args.quick:
         r = run(500, 2, 3, 8, repeats=1, sk_repeats=1)
     else:
         r = run(2_000, 2, 4, 256, repeats=5, sk_repeats=3)
     markdown = render(info, r, args.quick)
-    path = write_results("bench_restarts", markdown, {"machine": info, "result": r}, args.out)
-    print(markdown)
-    return path
+    return publish("bench_restarts", markdown, {"machine": info, "result": r}, args.out)
 
 
 if __name__ == "__main__":

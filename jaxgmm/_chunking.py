@@ -7,15 +7,35 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-# Target number of elements of the largest per-chunk intermediate, (C, K, D) for
-# full covariances: 2**18 float32 values is 1 MiB, comfortably inside a CPU's L2/L3.
-_CHUNK_ELEMENTS = 2**18
+# Target number of elements of the largest per-chunk intermediate: 2**19 float32 values
+# (2 MiB) keep a chunk in a CPU's L2/L3 yet make its matrix products large enough to
+# run on every core (measured on W1/W1d, benchmarks/README.md).
+_CHUNK_ELEMENTS = 2**19
 _MIN_CHUNK = 256
+# Covariance types whose fused fitting kernels hold (C, K) and (C, D) arrays per chunk
+# rather than a (C, K, D) one (see jaxgmm._covariance).
+_ROW_SIZED_KERNELS = ("diag", "spherical")
 
 
-def chunk_size_for(n_samples: int, n_components: int, n_features: int) -> int:
-    """Rows per chunk so that (C, K, D) intermediates stay around a megabyte."""
-    size = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(1, n_components * n_features))
+def chunk_size_for(
+    n_samples: int, n_components: int, n_features: int, covariance_type: str | None = None
+) -> int:
+    """Rows per chunk so that the largest per-chunk intermediate stays around 2 MiB.
+
+    Args:
+        n_samples: N; n_components: K; n_features: D.
+        covariance_type: the fitting kernel's covariance type; ``diag`` and
+            ``spherical`` fits keep K + D values per row, everything else (and
+            scoring, ``None``) K * D.
+
+    Returns:
+        Rows per chunk C, at most N.
+    """
+    if covariance_type in _ROW_SIZED_KERNELS:
+        per_row = n_components + n_features
+    else:
+        per_row = n_components * n_features
+    size = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(1, per_row))
     return int(min(n_samples, size))
 
 

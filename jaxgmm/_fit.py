@@ -99,7 +99,7 @@ def fit(
         precisions_init: initial precision matrices, shaped like the covariances:
             (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical.
         sample_weight: (N,) non-negative per-point weights (default all ones).
-        chunk_size: rows per E-step chunk; default keeps intermediates ~1 MiB.
+        chunk_size: rows per E-step chunk; default keeps intermediates ~2 MiB.
         progress: show a progress bar of EM iterations (tqdm), updated from inside
             the compiled loop. Off by default; has no effect under the user's own
             ``jit``.
@@ -138,7 +138,7 @@ def fit(
         means_offset=offset,
     )
     if chunk_size is None:
-        chunk_size = chunk_size_for(n_samples, n_components, n_features)
+        chunk_size = chunk_size_for(n_samples, n_components, n_features, covariance_type)
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
         result = fit_compiled(
             X,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 # Target number of elements of the largest per-chunk intermediate: 2**19 float32 values
 # (2 MiB) keep a chunk in a CPU's L2/L3 yet make its matrix products large enough to
 # run on every core (measured on W1/W1d, benchmarks/README.md).
-_CHUNK_ELEMENTS = 2**19
+CHUNK_ELEMENTS = 2**19
 _MIN_CHUNK = 256
 # Covariance types whose fused fitting kernels hold (C, K) and (C, D) arrays per chunk
 # rather than a (C, K, D) one (see jaxgmm._covariance).
@@ -31,12 +31,16 @@ def chunk_size_for(
     Returns:
         Rows per chunk C, at most N.
     """
-    if covariance_type in _ROW_SIZED_KERNELS:
-        per_row = n_components + n_features
-    else:
-        per_row = n_components * n_features
-    size = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(1, per_row))
+    per_row = elements_per_row(n_components, n_features, covariance_type)
+    size = max(_MIN_CHUNK, CHUNK_ELEMENTS // per_row)
     return int(min(n_samples, size))
+
+
+def elements_per_row(n_components: int, n_features: int, covariance_type: str | None) -> int:
+    """Values the largest per-chunk intermediate holds per data row (see chunk_size_for)."""
+    if covariance_type in _ROW_SIZED_KERNELS:
+        return max(1, n_components + n_features)
+    return max(1, n_components * n_features)
 
 
 def split_rows(

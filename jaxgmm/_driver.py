@@ -9,7 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxgmm._chunking import split_rows
+from jaxgmm._batching import map_in_groups
+from jaxgmm._chunking import elements_per_row, split_rows
 from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
 from jaxgmm._fit_progress import report_iteration
@@ -236,7 +237,9 @@ def fit_compiled(
     restart_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_init))
     states = jax.tree_util.tree_map(lambda a: a[None], one_restart(restart_keys[0]))
     if n_init > 1:
-        others = jax.vmap(one_restart)(restart_keys[1:])
+        n_features = X.shape[1]
+        member_elements = chunk_size * elements_per_row(n_components, n_features, covariance_type)
+        others = map_in_groups(one_restart, restart_keys[1:], member_elements)
         states = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), states, others)
     statuses = jax.vmap(_status)(states)
     best, scores = select_restart(statuses, states.lower_bound)
@@ -251,3 +254,51 @@ def fit_compiled(
         history=state.history,
         restart_lower_bounds=scores,
     )
+
+
+_STATIC_OPTIONS = (
+    "n_components",
+    "covariance_type",
+    "max_iter",
+    "n_init",
+    "init",
+    "chunk_size",
+    "report_progress",
+)
+
+
+@partial(jax.jit, static_argnames=_STATIC_OPTIONS)
+def fit_many_compiled(
+    X: jax.Array,
+    sample_weight: jax.Array,
+    keys: jax.Array,
+    tol: jax.Array,
+    reg_covar: jax.Array,
+    weights_init: jax.Array | None,
+    means_init: jax.Array | None,
+    precisions_init: jax.Array | None,
+    **static_options,
+) -> FitResult:
+    """:func:`fit_compiled` for each of B data sets, vmapped in cache-sized groups.
+
+    Args:
+        X: (B, N, D) validated data sets; sample_weight: (B, N); keys: (B,) PRNG keys.
+        tol, reg_covar, weights_init, means_init, precisions_init: shared by every
+            model, as in :func:`fit_compiled`.
+        **static_options: :func:`fit_compiled`'s static options.
+
+    Returns:
+        A :class:`FitResult` with a leading (B,) axis on every leaf.
+    """
+
+    def fit_one(member):
+        x, w, key = member
+        return fit_compiled(
+            x, w, key, tol, reg_covar, weights_init, means_init, precisions_init, **static_options
+        )
+
+    per_row = elements_per_row(
+        static_options["n_components"], X.shape[2], static_options["covariance_type"]
+    )
+    member_elements = static_options["n_init"] * static_options["chunk_size"] * per_row
+    return map_in_groups(fit_one, (X, sample_weight, keys), member_elements)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._chunking import chunk_size_for
-from jaxgmm._driver import fit_compiled
+from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
 from jaxgmm._keys import as_key
 from jaxgmm._params import FitResult, Status
@@ -177,7 +177,10 @@ def stack_datasets(datasets, sample_weight=None) -> tuple[np.ndarray, np.ndarray
         X: (B, N_max, D) and weights: (B, N_max); padded rows have weight 0.
     """
     if isinstance(datasets, (np.ndarray, jax.Array)) and np.ndim(datasets) == 3:
-        arrays = list(np.asarray(datasets))
+        X = np.asarray(datasets)
+        if sample_weight is None:  # fast path: nothing to pad
+            return X, np.ones(X.shape[:2])
+        arrays = list(X)
     elif isinstance(datasets, Sequence) and not isinstance(datasets, (str, bytes)):
         arrays = [np.asarray(d) for d in datasets]
     else:
@@ -216,12 +219,29 @@ def stack_datasets(datasets, sample_weight=None) -> tuple[np.ndarray, np.ndarray
 
 
 def fit_many(
-    datasets, n_components: int, *, sample_weight=None, key=0, progress: bool = False, **options
+    datasets,
+    n_components: int,
+    *,
+    sample_weight=None,
+    key=0,
+    progress: bool = False,
+    covariance_type: str = "full",
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 100,
+    n_init: int = 1,
+    init: str = "kmeans",
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    chunk_size: int | None = None,
 ) -> FitResult:
-    """Fit one independent mixture per data set, all in one compiled, vmapped program.
+    """Fit one independent mixture per data set, all in one compiled program.
 
     Data sets of different lengths are padded with zero-weight rows, which change
-    nothing in the fit. Model ``b`` uses key ``fold_in(key, b)``.
+    nothing in the fit. Model ``b`` uses key ``fold_in(key, b)`` and gets the same
+    result as ``fit`` with that key (up to vectorised round-off). The models run
+    vmapped in cache-sized groups, one group after another (see ``jaxgmm._batching``).
 
     Args:
         datasets: a (B, N, D) array or a sequence of B arrays (N_b, D).
@@ -229,24 +249,53 @@ def fit_many(
         sample_weight: None, (B, N), or a sequence of (N_b,) weight arrays.
         key: an int seed or a JAX PRNG key.
         progress: show one progress bar of EM iterations for the whole batch.
-        **options: any keyword option of :func:`fit`.
+        covariance_type, tol, reg_covar, max_iter, n_init, init, weights_init,
+            means_init, precisions_init, chunk_size: as in :func:`fit`, the same for
+            every model (initial parameters: (K,), (K, D), covariance-shaped).
 
     Returns:
         A :class:`FitResult` whose every leaf has a leading (B,) axis. Models whose
         every restart went non-finite have ``status == Status.NON_FINITE``; no error is
         raised for them.
+
+    Raises:
+        ValueError, TypeError: invalid input (naming the data set), before tracing.
     """
+    check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init)
+    check_chunk_size(chunk_size)
     check_key(key)
     X, W = stack_datasets(datasets, sample_weight)
+    n_models, n_samples, n_features = X.shape
+    check_n_samples(n_samples, n_components)
     dtype = compute_dtype(X.dtype)
     check_datasets(X, W, dtype, n_components)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(X.shape[0]))
-
-    def fit_one(x, w, k):
-        return fit(x, n_components, sample_weight=w, key=k, progress=progress, **options)
-
-    max_iter = options.get("max_iter", 100)
-    description = f"EM fit of {X.shape[0]} models, K={n_components}"
+    inits = check_initial_params(
+        weights_init,
+        means_init,
+        precisions_init,
+        covariance_type,
+        n_components,
+        n_features,
+        dtype,
+    )
+    if chunk_size is None:
+        chunk_size = chunk_size_for(n_samples, n_components, n_features, covariance_type)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
+    description = f"EM fit of {n_models} models, K={n_components}"
     with fit_progress(max_iter, description) if progress else nullcontext():
-        result = jax.vmap(fit_one)(jnp.asarray(X, dtype), jnp.asarray(W, dtype), keys)
+        result = fit_many_compiled(
+            jnp.asarray(X, dtype),
+            jnp.asarray(W, dtype),
+            keys,
+            jnp.asarray(tol, dtype),
+            jnp.asarray(reg_covar, dtype),
+            *inits,
+            n_components=n_components,
+            covariance_type=covariance_type,
+            max_iter=max_iter,
+            n_init=n_init,
+            init=init,
+            chunk_size=min(chunk_size, n_samples),
+            report_progress=bool(progress),
+        )
         return jax.block_until_ready(result) if progress else result

@@ -1,0 +1,61 @@
+"""Many independent fits in one program: ``vmap`` within cache-sized groups, groups in turn.
+
+A plain ``jax.vmap`` over restarts or data sets makes every E-step operation act on
+the whole batch at once; once the batch's per-chunk intermediates outgrow the CPU's
+caches each operation runs from memory (measured: 256 small restarts cost 11x more
+per iteration than 64, not 4x). Running the batch as consecutive vmapped groups
+(``lax.map`` with ``batch_size``) keeps each group's intermediates around
+:data:`~jaxgmm._chunking.CHUNK_ELEMENTS` values, and each group's ``while_loop``s stop
+at the slowest member *of that group* instead of the slowest of all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._chunking import CHUNK_ELEMENTS
+
+
+def group_size(n_members: int, elements_per_member: int) -> int:
+    """Members per vmapped group: intermediates ~2 MiB, groups balanced.
+
+    Args:
+        n_members: batch size B.
+        elements_per_member: values one member's largest per-chunk intermediate holds.
+
+    Returns:
+        Group size G, 1 <= G <= B; ceil(B / G) groups pad the batch by fewer members
+        than there are groups.
+    """
+    largest = max(1, CHUNK_ELEMENTS // max(1, elements_per_member))
+    n_groups = -(-n_members // largest)
+    return -(-n_members // n_groups)
+
+
+def map_in_groups(fn: Callable, xs, elements_per_member: int):
+    """``jax.vmap(fn)(xs)``, computed as consecutive vmapped groups of members.
+
+    Args:
+        fn: maps one member (a slice of every leaf of ``xs``) to a pytree.
+        xs: pytree of arrays with the batch axis (B, ...) first.
+        elements_per_member: see :func:`group_size`.
+
+    Returns:
+        The pytree of outputs, each with a leading (B,) axis, as ``jax.vmap`` gives.
+    """
+    n_members = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    size = group_size(n_members, elements_per_member)
+    if size >= n_members:
+        return jax.vmap(fn)(xs)
+    # Pad with copies of the first member (valid inputs, results dropped) so every
+    # group has the same size and lax.map compiles one group program, not two.
+    pad = -(-n_members // size) * size - n_members
+    if pad:
+        xs = jax.tree_util.tree_map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), xs
+        )
+    out = jax.lax.map(fn, xs, batch_size=size)
+    return jax.tree_util.tree_map(lambda a: a[:n_members], out)

@@ -1,0 +1,74 @@
+"""Batches (restarts, fit_many) run as consecutive vmapped groups: same results as vmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxgmm
+import jaxgmm._batching as batching
+from jaxgmm._batching import group_size, map_in_groups
+from jaxgmm._chunking import CHUNK_ELEMENTS
+
+
+@pytest.mark.parametrize("n_members", [1, 2, 7, 255, 1000])
+@pytest.mark.parametrize("elements", [1, 3_000, 16_000, CHUNK_ELEMENTS, 4 * CHUNK_ELEMENTS])
+def test_group_size_fits_the_budget_with_little_padding(n_members, elements):
+    size = group_size(n_members, elements)
+    assert 1 <= size <= n_members
+    if size > 1:  # a group of one is allowed to exceed the budget, nothing else is
+        assert size * elements <= CHUNK_ELEMENTS
+    n_groups = -(-n_members // size)
+    # As few groups as the budget allows, and padding below one member per group.
+    assert n_groups == -(-n_members // max(1, min(n_members, CHUNK_ELEMENTS // elements)))
+    assert n_groups * size - n_members < n_groups
+
+
+@pytest.mark.parametrize("elements", [1, CHUNK_ELEMENTS // 3, CHUNK_ELEMENTS])
+def test_map_in_groups_equals_vmap(elements):
+    # 10 members in groups of 1, 3 (padded to 12) or all at once.
+    keys = jax.random.split(jax.random.key(3), 10)
+    x = jnp.arange(40.0).reshape(10, 4)
+
+    def member(args):
+        key, row = args
+        return {"draw": jax.random.normal(key, (3,)) + jnp.sum(row), "row": row * 2.0}
+
+    grouped = map_in_groups(member, (keys, x), elements)
+    plain = jax.vmap(member)((keys, x))
+    assert grouped["draw"].shape == (10, 3)
+    np.testing.assert_allclose(grouped["draw"], plain["draw"], rtol=1e-14)
+    np.testing.assert_array_equal(grouped["row"], plain["row"])
+
+
+def _blobs(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    return centres[rng.integers(0, 3, n)] + rng.normal(size=(n, 2))
+
+
+def test_restarts_in_small_groups_match_one_group(monkeypatch):
+    X = _blobs(200, 0)
+    one_group = jaxgmm.fit(X, 3, n_init=7, key=5, tol=1e-6)
+    # A tiny budget forces groups of one restart each (6 restarts besides restart 0).
+    monkeypatch.setattr(batching, "CHUNK_ELEMENTS", 1)
+    jax.clear_caches()
+    grouped = jaxgmm.fit(X, 3, n_init=7, key=5, tol=1e-6)
+    jax.clear_caches()
+    np.testing.assert_allclose(
+        grouped.restart_lower_bounds, one_group.restart_lower_bounds, rtol=1e-10
+    )
+    np.testing.assert_allclose(grouped.params.means, one_group.params.means, rtol=1e-8)
+
+
+def test_fit_many_in_groups_equals_separate_fits(monkeypatch):
+    data = np.stack([_blobs(90, seed) for seed in range(5)])
+    monkeypatch.setattr(batching, "CHUNK_ELEMENTS", 2 * 90 * 3 * 2)  # groups of 2 (+1 pad)
+    jax.clear_caches()
+    many = jaxgmm.fit_many(data, 3, key=11, max_iter=50)
+    jax.clear_caches()
+    for b in range(5):
+        single = jaxgmm.fit(data[b], 3, key=jax.random.fold_in(jax.random.key(11), b), max_iter=50)
+        np.testing.assert_allclose(many.params.means[b], single.params.means, rtol=1e-8)
+        np.testing.assert_allclose(float(many.lower_bound[b]), float(single.lower_bound))
+        assert int(many.n_iter[b]) == int(single.n_iter)

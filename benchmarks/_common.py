@@ -112,7 +112,12 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
 
 
 def per_iteration(
-    run: Callable[[int], object], a: int, b: int, repeats: int, warmup: bool = True
+    run: Callable[[int], object],
+    a: int,
+    b: int,
+    repeats: int,
+    warmup: bool = True,
+    reference: Callable[[], float] | None = None,
 ) -> dict:
     """Per-iteration seconds from alternating runs with ``max_iter`` a and b.
 
@@ -121,17 +126,23 @@ def per_iteration(
         a, b: the two iteration counts, ``a < b``.
         repeats: number of (a, b) pairs timed, alternating.
         warmup: call each once first (compilation, caches).
+        reference: if given, called right before every (a, b) pair; its values (e.g.
+            the floor's seconds) are returned so ratios can be taken pair by pair,
+            which cancels slow changes of the machine's load.
 
     Returns:
         dict with ``per_iter_s`` (median difference / (b - a)), ``t_a_s``, ``t_b_s``
-        (medians) and ``first_call_s`` (the warm-up call of ``b``, compile included).
+        (medians), ``first_call_s`` (the warm-up call of ``b``, compile included),
+        ``pair_per_iter_s`` (each pair's estimate) and ``reference_values``.
     """
     first = None
     if warmup:
         time_call(lambda: run(a))
         first = time_call(lambda: run(b))
-    times_a, times_b = [], []
+    times_a, times_b, references = [], [], []
     for _ in range(repeats):
+        if reference is not None:
+            references.append(reference())
         times_a.append(time_call(lambda: run(a)))
         times_b.append(time_call(lambda: run(b)))
     t_a, t_b = float(np.median(times_a)), float(np.median(times_b))
@@ -142,6 +153,8 @@ def per_iteration(
         "first_call_s": first,
         "a": a,
         "b": b,
+        "pair_per_iter_s": [(tb - ta) / (b - a) for ta, tb in zip(times_a, times_b, strict=True)],
+        "reference_values": references,
     }
 
 
@@ -186,7 +199,7 @@ def make_blobs(
     mixing = rng.normal(scale=0.3, size=(k, d, d)) + np.eye(d)
     labels = rng.integers(0, k, size=n)
     out = np.empty((n, d), dtype=dtype)
-    step = 1_000_000
+    step = 100_000  # bounds the generator's own memory (W4's peak RSS is jaxgmm's)
     for start in range(0, n, step):
         stop = min(n, start + step)
         z = rng.standard_normal((stop - start, d))

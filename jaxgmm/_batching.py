@@ -4,7 +4,7 @@ A plain ``jax.vmap`` over restarts or data sets makes every E-step operation act
 the whole batch at once; once the batch's per-chunk intermediates outgrow the CPU's
 caches each operation runs from memory (measured: 256 small restarts cost 11x more
 per iteration than 64, not 4x). Running the batch as consecutive vmapped groups
-(``lax.map`` with ``batch_size``) keeps each group's intermediates around
+(``lax.map`` over groups of ``vmap``) keeps each group's intermediates around
 :data:`~jaxgmm._chunking.CHUNK_ELEMENTS` values, and each group's ``while_loop``s stop
 at the slowest member *of that group* instead of the slowest of all.
 """
@@ -51,11 +51,16 @@ def map_in_groups(fn: Callable, xs, elements_per_member: int):
     if size >= n_members:
         return jax.vmap(fn)(xs)
     # Pad with copies of the first member (valid inputs, results dropped) so every
-    # group has the same size and lax.map compiles one group program, not two.
-    pad = -(-n_members // size) * size - n_members
+    # group has the same size and one group program is compiled, not two.
+    n_groups = -(-n_members // size)
+    pad = n_groups * size - n_members
     if pad:
         xs = jax.tree_util.tree_map(
             lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), xs
         )
-    out = jax.lax.map(fn, xs, batch_size=size)
-    return jax.tree_util.tree_map(lambda a: a[:n_members], out)
+    groups = jax.tree_util.tree_map(lambda a: a.reshape((n_groups, size) + a.shape[1:]), xs)
+    out = jax.lax.map(jax.vmap(fn), groups)
+    # Explicit shapes: outputs may have zero-size axes (e.g. history with max_iter = 0).
+    return jax.tree_util.tree_map(
+        lambda a: a.reshape((n_groups * size,) + a.shape[2:])[:n_members], out
+    )

@@ -72,3 +72,14 @@ def test_fit_many_in_groups_equals_separate_fits(monkeypatch):
         np.testing.assert_allclose(many.params.means[b], single.params.means, rtol=1e-8)
         np.testing.assert_allclose(float(many.lower_bound[b]), float(single.lower_bound))
         assert int(many.n_iter[b]) == int(single.n_iter)
+
+
+def test_grouped_restarts_with_zero_iterations(monkeypatch):
+    # max_iter = 0 gives zero-size history arrays; grouping must still reassemble them.
+    monkeypatch.setattr(batching, "CHUNK_ELEMENTS", 1)
+    jax.clear_caches()
+    result = jaxgmm.fit(_blobs(60, 1), 3, n_init=5, max_iter=0)
+    jax.clear_caches()
+    assert result.history.shape == (0,)
+    assert result.restart_lower_bounds.shape == (5,)
+    assert int(result.n_iter) == 0

@@ -73,7 +73,7 @@ def run(b: int, n: int, d: int, k: int, repeats: int, sk_models: int) -> dict:
 
 def render(info: dict, r: dict, quick: bool) -> str:
     """The Markdown report."""
-    rows = [["jaxgmm.fit_many float32 (one vmapped program)", 1e3 * r["jaxgmm_s"], 1.0]]
+    rows = [["jaxgmm.fit_many float32 (vmapped in groups)", 1e3 * r["jaxgmm_s"], 1.0]]
     if "sklearn_loop_s" in r:
         label = "scikit-learn loop float32"
         if r["sklearn_models_timed"] != r["b"]:

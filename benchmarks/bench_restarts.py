@@ -1,5 +1,5 @@
 """W2, restarts: a whole fit with n_init = 256 (N = 2,000, D = 2, K = 4, full, tol 1e-3),
-jaxgmm (all restarts in one vmapped program) vs scikit-learn (restarts in a loop).
+jaxgmm (all restarts in one program, vmapped in groups) vs scikit-learn (restarts in a loop).
 
 Run: ``python -m benchmarks.bench_restarts [--quick] [--out DIR]``. Wall time of the
 whole fit (initialisation included); jaxgmm's compile time is reported separately
@@ -68,7 +68,7 @@ def run(n: int, d: int, k: int, n_init: int, repeats: int, sk_repeats: int) -> d
 
 def render(info: dict, r: dict, quick: bool) -> str:
     """The Markdown report."""
-    rows = [["jaxgmm float32 (vmapped restarts)", 1e3 * r["jaxgmm_s"], 1.0]]
+    rows = [["jaxgmm float32 (restarts vmapped in groups)", 1e3 * r["jaxgmm_s"], 1.0]]
     for key, label in [
         ("sklearn32_s", "scikit-learn float32"),
         ("sklearn64_s", "scikit-learn float64"),

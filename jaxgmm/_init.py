@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxgmm._chunking import chunked_sum
 from jaxgmm._covariance import COVARIANCE_OPS, SMALL_FEATURES, _dot_chunk
 from jaxgmm._em import Stats, m_step
+from jaxgmm._loops import compacting_while_loop
 from jaxgmm._params import GaussianMixtureParams
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -93,26 +94,28 @@ def kmeans_centers(
     variance = jnp.sum(w[:, None] * (X - mean) ** 2, axis=0) / jnp.sum(w)
     tol = _LLOYD_TOL * jnp.mean(variance)
 
-    def cluster_sums(centers):
+    def lloyd_step(state, consts):
+        centers, _, it = state
+        X_chunks, weight_chunks, _ = consts
+
         def chunk_sums(Xc, wc):
             labels = jnp.argmin(_squared_distances(Xc, centers), axis=1)
             onehot = jax.nn.one_hot(labels, n_clusters, dtype=Xc.dtype) * wc[:, None]
             return jnp.sum(onehot, axis=0), _dot_chunk(onehot.T, Xc)
 
-        return chunked_sum(chunk_sums, X_chunks, weight_chunks)
-
-    def lloyd_step(state):
-        centers, _, it = state
-        counts, sums = cluster_sums(centers)
+        counts, sums = chunked_sum(chunk_sums, X_chunks, weight_chunks)
         new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centers)
         return new, jnp.sum((new - centers) ** 2), it + 1
 
-    def keep_going(state):
+    def keep_going(state, consts):
         _, shift, it = state
-        return (shift > tol) & (it < _LLOYD_MAX_ITER)
+        return (shift > consts[2]) & (it < _LLOYD_MAX_ITER)
 
     inf = jnp.asarray(jnp.inf, X.dtype)
-    centers, _, _ = jax.lax.while_loop(keep_going, lloyd_step, (centers, inf, 0))
+    state = (centers, inf, jnp.asarray(0, jnp.int32))
+    centers, _, _ = compacting_while_loop(
+        keep_going, lloyd_step, state, (X_chunks, weight_chunks, tol)
+    )
     return centers
 
 

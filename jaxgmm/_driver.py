@@ -15,7 +15,6 @@ from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
 from jaxgmm._fit_progress import report_iteration
 from jaxgmm._init import initial_params
-from jaxgmm._loops import compacting_while_loop
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 
 
@@ -62,11 +61,10 @@ def run_em(
     """
     dtype = X_chunks.dtype
 
-    def keep_going(state: EMState, consts) -> jax.Array:
+    def keep_going(state: EMState) -> jax.Array:
         return (state.n_iter < max_iter) & ~state.converged & state.finite
 
-    def em_iteration(state: EMState, consts) -> EMState:
-        X_chunks, weight_chunks, tol, reg_covar = consts
+    def em_iteration(state: EMState) -> EMState:
         covariance_type = state.params.covariance_type
         if covariance_type in ("diag", "spherical"):
             # The fused kernels expand (x - mu)^2 around the data's centre; tight
@@ -115,8 +113,7 @@ def run_em(
         finite=_all_finite(params),
         history=jnp.full((max_iter,), jnp.nan, dtype),
     )
-    consts = (X_chunks, weight_chunks, tol, reg_covar)
-    return compacting_while_loop(keep_going, em_iteration, state, consts)
+    return jax.lax.while_loop(keep_going, em_iteration, state)
 
 
 def _status(state: EMState) -> jax.Array:

@@ -111,6 +111,26 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return float(np.median([time_call(fn) for _ in range(repeats)]))
 
 
+def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list]:
+    """Seconds of each call, the calls taken in turn once per round.
+
+    On a shared machine the load drifts; calling the implementations in turn within
+    each round lets per-round ratios cancel the drift.
+
+    Args:
+        fns: name -> zero-argument call (JAX results are waited for).
+        rounds: how many times each is called.
+
+    Returns:
+        name -> list of ``rounds`` wall-clock times.
+    """
+    times: dict[str, list] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(time_call(fn))
+    return times
+
+
 def per_iteration(
     run: Callable[[int], object],
     a: int,

@@ -111,23 +111,30 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return float(np.median([time_call(fn) for _ in range(repeats)]))
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list]:
-    """Seconds of each call, the calls taken in turn once per round.
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], rounds: int, repeats: dict[str, int] | None = None
+) -> dict[str, list]:
+    """Seconds of each call, the implementations taken in turn once per round.
 
-    On a shared machine the load drifts; calling the implementations in turn within
+    On a shared machine the load drifts; timing the implementations in turn within
     each round lets per-round ratios cancel the drift.
 
     Args:
         fns: name -> zero-argument call (JAX results are waited for).
-        rounds: how many times each is called.
+        rounds: how many rounds.
+        repeats: name -> consecutive calls per round (default 1); the round records
+            their median, i.e. the steady-state time of a call repeated back to back
+            (the first call after another library's work finds cold caches and
+            sleeping threads).
 
     Returns:
         name -> list of ``rounds`` wall-clock times.
     """
+    repeats = repeats or {}
     times: dict[str, list] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            times[name].append(time_call(fn))
+            times[name].append(median_time(fn, repeats.get(name, 1), warmup=0))
     return times
 
 

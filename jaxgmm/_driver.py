@@ -284,21 +284,27 @@ def fit_many_compiled(
     Args:
         X: (B, N, D) validated data sets; sample_weight: (B, N); keys: (B,) PRNG keys.
         tol, reg_covar, weights_init, means_init, precisions_init: shared by every
-            model, as in :func:`fit_compiled`.
+            model, as in :func:`fit_compiled`; ``means_init`` may also be (B, K, D),
+            one per data set.
         **static_options: :func:`fit_compiled`'s static options.
 
     Returns:
         A :class:`FitResult` with a leading (B,) axis on every leaf.
     """
 
+    members = (X, sample_weight, keys)
+    if means_init is not None and means_init.ndim == 3:  # one (K, D) per data set
+        members = members + (means_init,)
+
     def fit_one(member):
-        x, w, key = member
+        x, w, key, *own_means = member
+        means = own_means[0] if own_means else means_init
         return fit_compiled(
-            x, w, key, tol, reg_covar, weights_init, means_init, precisions_init, **static_options
+            x, w, key, tol, reg_covar, weights_init, means, precisions_init, **static_options
         )
 
     per_row = elements_per_row(
         static_options["n_components"], X.shape[2], static_options["covariance_type"]
     )
     member_elements = static_options["n_init"] * static_options["chunk_size"] * per_row
-    return map_in_groups(fit_one, (X, sample_weight, keys), member_elements)
+    return map_in_groups(fit_one, members, member_elements)

@@ -269,7 +269,8 @@ def fit_many(
     check_n_samples(n_samples, n_components)
     dtype = compute_dtype(X.dtype)
     check_datasets(X, W, dtype, n_components)
-    inits = check_initial_params(
+    user_means_init = means_init
+    weights_init, means_init, precisions_init = check_initial_params(
         weights_init,
         means_init,
         precisions_init,
@@ -278,6 +279,15 @@ def fit_many(
         n_features,
         dtype,
     )
+    # Input more precise than the compute dtype (float64 with x64 off, int64) is centred
+    # per data set in float64 before the cast, as fit does; means are shifted back below.
+    offsets = None
+    if X.dtype != dtype:
+        offsets = np.einsum("bn,bnd->bd", W, X.astype(np.float64)) / W.sum(axis=1)[:, None]
+        X = X.astype(np.float64) - offsets[:, None, :]
+        if means_init is not None:  # per data set now: (B, K, D)
+            user_means = np.asarray(user_means_init, np.float64)[None]
+            means_init = jnp.asarray((user_means - offsets[:, None, :]).astype(dtype))
     if chunk_size is None:
         chunk_size = chunk_size_for(n_samples, n_components, n_features, covariance_type)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
@@ -289,7 +299,9 @@ def fit_many(
             keys,
             jnp.asarray(tol, dtype),
             jnp.asarray(reg_covar, dtype),
-            *inits,
+            weights_init,
+            means_init,
+            precisions_init,
             n_components=n_components,
             covariance_type=covariance_type,
             max_iter=max_iter,
@@ -298,4 +310,10 @@ def fit_many(
             chunk_size=min(chunk_size, n_samples),
             report_progress=bool(progress),
         )
-        return jax.block_until_ready(result) if progress else result
+        if progress:
+            jax.block_until_ready(result)
+    if offsets is not None:
+        means = np.asarray(result.params.means, np.float64) + offsets[:, None, :]
+        params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(dtype)))
+        result = dataclasses.replace(result, params=params)
+    return result

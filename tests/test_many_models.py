@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxgmm
 
@@ -56,3 +57,52 @@ def test_fit_under_jit():
     jitted = jax.jit(lambda x: jaxgmm.fit(x, 3, key=1, covariance_type="tied"))(jnp.asarray(X))
     eager = jaxgmm.fit(X, 3, key=1, covariance_type="tied")
     np.testing.assert_allclose(jitted.params.means, eager.params.means, rtol=1e-10)
+
+
+def test_fit_many_centres_precise_input_per_data_set_like_fit():
+    """x64 off: float64 data sets far from the origin (each its own offset, spread 1e-3)
+    are centred in float64 before the float32 cast, as fit does; a cast first would round
+    every point of a set to the same float32 number."""
+    base = _datasets(2, 80, seed=3) * 1e-3
+    offsets = np.array([[1e6, -2e6], [3e5, 7e5]])
+    data = base + offsets[:, None, :]
+    means_init = offsets[0] + 1e-3 * np.array([[-2.0, -2.0], [0.0, 0.0], [2.0, 2.0]])
+    with jax.enable_x64(False):
+        many = jaxgmm.fit_many(data, 3, key=4, max_iter=30, reg_covar=1e-12)
+        seeded = jaxgmm.fit_many(data[:1], 3, means_init=means_init, max_iter=30, reg_covar=1e-12)
+        with pytest.warns(UserWarning, match="resolves numbers near"):
+            singles = [
+                jaxgmm.fit(
+                    data[b],
+                    3,
+                    key=jax.random.fold_in(jax.random.key(4), b),
+                    max_iter=30,
+                    reg_covar=1e-12,
+                )
+                for b in range(2)
+            ]
+            seeded_single = jaxgmm.fit(
+                data[0],
+                3,
+                key=jax.random.fold_in(jax.random.key(0), 0),
+                means_init=means_init,
+                max_iter=30,
+                reg_covar=1e-12,
+            )
+    assert many.params.means.dtype == np.float32
+    for b, single in enumerate(singles):
+        assert int(many.status[b]) == int(single.status)
+        np.testing.assert_allclose(float(many.lower_bound[b]), float(single.lower_bound), rtol=1e-4)
+        np.testing.assert_allclose(
+            np.sort(many.params.weights[b]), np.sort(single.params.weights), atol=1e-4
+        )
+        spacing = np.spacing(np.float32(np.abs(offsets[b]).max()))
+        np.testing.assert_allclose(
+            np.sort(np.asarray(many.params.means[b], np.float64), axis=0),
+            np.sort(np.asarray(single.params.means, np.float64), axis=0),
+            rtol=0,
+            atol=2 * spacing,
+        )
+    np.testing.assert_allclose(
+        float(seeded.lower_bound[0]), float(seeded_single.lower_bound), rtol=1e-4
+    )

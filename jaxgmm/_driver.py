@@ -164,18 +164,19 @@ def _apply_user_init(
     return params
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "n_components",
-        "covariance_type",
-        "max_iter",
-        "n_init",
-        "init",
-        "chunk_size",
-        "report_progress",
-    ),
+# The compiled fits' static (compile-time) options.
+_STATIC_OPTIONS = (
+    "n_components",
+    "covariance_type",
+    "max_iter",
+    "n_init",
+    "init",
+    "chunk_size",
+    "report_progress",
 )
+
+
+@partial(jax.jit, static_argnames=_STATIC_OPTIONS)
 def fit_compiled(
     X: jax.Array,
     sample_weight: jax.Array,
@@ -254,17 +255,6 @@ def fit_compiled(
         history=state.history,
         restart_lower_bounds=scores,
     )
-
-
-_STATIC_OPTIONS = (
-    "n_components",
-    "covariance_type",
-    "max_iter",
-    "n_init",
-    "init",
-    "chunk_size",
-    "report_progress",
-)
 
 
 @partial(jax.jit, static_argnames=_STATIC_OPTIONS)

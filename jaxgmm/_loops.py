@@ -23,15 +23,15 @@ import jax.numpy as jnp
 
 # Batches smaller than this run as a plain vmapped while_loop.
 _MIN_COMPACTED_BATCH = 8
-# The second stage's batch is this fraction of the first's.
+# Each stage's batch is this fraction of the previous stage's.
 _TAIL_FRACTION = 4
 
 
 def compacting_while_loop(cond_fn: Callable, body_fn: Callable, state, consts):
     """``lax.while_loop(lambda s: cond_fn(s, consts), lambda s: body_fn(s, consts), state)``.
 
-    Unbatched it is exactly that loop. Under ``vmap`` it runs the batch in two stages
-    (see the module docstring); members that have stopped are never changed again.
+    Unbatched it is exactly that loop. Under ``vmap`` it runs the batch in shrinking
+    stages (see the module docstring); members that have stopped are never changed again.
 
     Args:
         cond_fn: ``cond_fn(state, consts) -> () bool``.

@@ -112,10 +112,13 @@ def save(path: str | os.PathLike, model, *, metadata: dict[str, Any] | None = No
         The path written.
     """
     from jaxgmm import __version__
+    from jaxgmm._params import COVARIANCE_TYPES
 
     arrays, covariance_type, fit = _unpack(model)
-    if covariance_type not in ("full", "tied", "diag", "spherical"):
-        raise ValueError(f"unknown covariance_type {covariance_type!r}.")
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"unknown covariance_type {covariance_type!r}; expected one of {COVARIANCE_TYPES}."
+        )
     if arrays["means"].ndim != 2:
         raise ValueError(
             f"save expects one model with means of shape (K, D), got {arrays['means'].shape}."
@@ -202,6 +205,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
 
 
 def _check(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    from jaxgmm._params import COVARIANCE_TYPES
     from jaxgmm._validation import covariance_shape
 
     bad = f"{str(path)!r} is corrupt:"
@@ -209,7 +213,7 @@ def _check(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> N
     if missing:
         raise ModelFileError(f"{bad} it lacks the array(s) {missing}.")
     covariance_type = meta.get("covariance_type")
-    if covariance_type not in ("full", "tied", "diag", "spherical"):
+    if covariance_type not in COVARIANCE_TYPES:
         raise ModelFileError(f"{bad} unknown covariance_type {covariance_type!r}.")
     dtype = meta.get("dtype")
     if dtype not in _DTYPES:

@@ -56,6 +56,31 @@ def _ill_defined_message(reg_covar, covariance_type: str, n_components: int) -> 
     )
 
 
+def _static_options(
+    n_components: int,
+    covariance_type: str,
+    max_iter: int,
+    n_init: int,
+    init: str,
+    chunk_size: int | None,
+    data_shape: tuple[int, int],
+    progress: bool,
+) -> dict:
+    """The compiled fits' static options, with the default chunk size for (N, D) data."""
+    n_samples, n_features = data_shape
+    if chunk_size is None:
+        chunk_size = chunk_size_for(n_samples, n_components, n_features, covariance_type)
+    return {
+        "n_components": n_components,
+        "covariance_type": covariance_type,
+        "max_iter": max_iter,
+        "n_init": n_init,
+        "init": init,
+        "chunk_size": min(chunk_size, n_samples),
+        "report_progress": bool(progress),
+    }
+
+
 def fit(
     X,
     n_components: int,
@@ -137,8 +162,9 @@ def fit(
         X.dtype,
         means_offset=offset,
     )
-    if chunk_size is None:
-        chunk_size = chunk_size_for(n_samples, n_components, n_features, covariance_type)
+    static = _static_options(
+        n_components, covariance_type, max_iter, n_init, init, chunk_size, X.shape, progress
+    )
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
         result = fit_compiled(
             X,
@@ -147,13 +173,7 @@ def fit(
             jnp.asarray(tol, X.dtype),
             jnp.asarray(reg_covar, X.dtype),
             *inits,
-            n_components=n_components,
-            covariance_type=covariance_type,
-            max_iter=max_iter,
-            n_init=n_init,
-            init=init,
-            chunk_size=min(chunk_size, n_samples),
-            report_progress=bool(progress),
+            **static,
         )
         if progress and not is_traced(result.status):
             jax.block_until_ready(result)
@@ -288,8 +308,9 @@ def fit_many(
         if means_init is not None:  # per data set now: (B, K, D)
             user_means = np.asarray(user_means_init, np.float64)[None]
             means_init = jnp.asarray((user_means - offsets[:, None, :]).astype(dtype))
-    if chunk_size is None:
-        chunk_size = chunk_size_for(n_samples, n_components, n_features, covariance_type)
+    static = _static_options(
+        n_components, covariance_type, max_iter, n_init, init, chunk_size, X.shape[1:], progress
+    )
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
     description = f"EM fit of {n_models} models, K={n_components}"
     with fit_progress(max_iter, description) if progress else nullcontext():
@@ -302,13 +323,7 @@ def fit_many(
             weights_init,
             means_init,
             precisions_init,
-            n_components=n_components,
-            covariance_type=covariance_type,
-            max_iter=max_iter,
-            n_init=n_init,
-            init=init,
-            chunk_size=min(chunk_size, n_samples),
-            report_progress=bool(progress),
+            **static,
         )
         if progress:
             jax.block_until_ready(result)

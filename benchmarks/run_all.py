@@ -11,7 +11,16 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_bign, bench_compile, bench_em, bench_many, bench_restarts
+from benchmarks import (
+    bench_bign,
+    bench_compile,
+    bench_compile_loop,
+    bench_em,
+    bench_latency,
+    bench_many,
+    bench_realdata,
+    bench_restarts,
+)
 from benchmarks._common import RESULTS_DIR, base_parser
 
 SCRIPTS = {
@@ -20,6 +29,9 @@ SCRIPTS = {
     "many": bench_many,
     "bign": bench_bign,
     "compile": bench_compile,
+    "compile_loop": bench_compile_loop,
+    "latency": bench_latency,
+    "realdata": bench_realdata,
 }
 
 

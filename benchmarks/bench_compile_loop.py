@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -40,7 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # import time, and every backend-compile event (program name, seconds, whether the
 # program came from the persistent cache). JAX records the event around its
 # compile-or-load-from-cache step; the cache-hit event fires inside that step, just
-# before it, so a flag pairs them.
+# before it, so a flag pairs them. The loop also writes one "[fit] i rows seconds
+# compiled-so-far" line per fit to stderr, so a process that dies part-way (e.g. XLA
+# running out of memory mappings after hundreds of compiled programs) still tells how
+# far it got.
 _CHILD = textwrap.dedent(
     """
     import contextlib, json, sys, time
@@ -83,6 +87,9 @@ _CHILD = textwrap.dedent(
                 t0 = time.perf_counter()
                 GaussianMixture(spec["k"], random_state=0).fit(X)
                 fit_s.append(time.perf_counter() - t0)
+                compiled = sum(not e[2] for e in events[before:])
+                print(f"[fit] {len(fit_s)} {X.shape[0]} {fit_s[-1]:.4f} {compiled}",
+                      file=sys.stderr, flush=True)
             out["wall_s"] = time.perf_counter() - start
         out["fit_s"] = fit_s
     else:
@@ -125,8 +132,38 @@ def child(spec: dict, impl: str, cache: str | None) -> dict:
         env.pop(var, None)
     if cache is not None:
         env["JAXGMM_COMPILATION_CACHE"] = cache
-    result = run_child(_CHILD, [json.dumps({**spec, "impl": impl})], env=env, timeout=7_200)
+    try:
+        result = run_child(_CHILD, [json.dumps({**spec, "impl": impl})], env=env, timeout=7_200)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        return crashed(err)
     return {**result, **count_programs(result)}
+
+
+def crashed(err: subprocess.CalledProcessError | subprocess.TimeoutExpired) -> dict:
+    """What a child that died or overran left: fits done, their seconds, its last error."""
+    stderr = err.stderr or ""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    lines = stderr.splitlines()
+    progress = [line.split() for line in lines if line.startswith("[fit] ")]
+    other = [line for line in lines if line.strip() and not line.startswith("[fit] ")]
+    timed_out = isinstance(err, subprocess.TimeoutExpired)
+    return {
+        "failed": True,
+        "returncode": "timeout" if timed_out else err.returncode,
+        "fits_done": len(progress),
+        "partial_s": sum(float(p[3]) for p in progress),
+        "compiled_all_partial": int(progress[-1][4]) if progress else None,
+        "error": other[-1] if other else "",
+        "stderr_tail": other[-20:],
+        "wall_s": None,
+        "import_s": None,
+    }
+
+
+def ok(run: dict) -> bool:
+    """The child process finished."""
+    return not run.get("failed", False)
 
 
 def count_programs(result: dict) -> dict:
@@ -174,13 +211,22 @@ def measure(spec: dict, rounds: int, no_cache: bool) -> dict:
             print(f"  round {i + 1}/{rounds}: jaxgmm warm, scikit-learn ...", flush=True)
             out["warm"].append(child(spec, "jaxgmm", folder))
             out["sklearn"].append(child(spec, "sklearn", None))
-    warm = np.array([r["wall_s"] for r in out["warm"]])
-    sk = np.array([r["wall_s"] for r in out["sklearn"]])
-    out["warm_s"] = float(np.median(warm))
-    out["sklearn_s"] = float(np.median(sk))
-    out["warm_speedup"] = float(np.median(sk / warm))  # per-round ratios
-    out["cold_over_sklearn"] = out["cold"]["wall_s"] / out["sklearn_s"]
-    out["warm_over_sklearn"] = float(np.median(warm / sk))
+    warm = [r["wall_s"] for r in out["warm"] if ok(r)]
+    sk = [r["wall_s"] for r in out["sklearn"] if ok(r)]
+    out["warm_s"] = float(np.median(warm)) if warm else None
+    out["sklearn_s"] = float(np.median(sk)) if sk else None
+    # Per-round ratios, over the rounds where both processes finished.
+    pairs = np.array(
+        [
+            (w["wall_s"], s["wall_s"])
+            for w, s in zip(out["warm"], out["sklearn"], strict=True)
+            if ok(w) and ok(s)
+        ]
+    ).reshape(-1, 2)
+    out["warm_speedup"] = float(np.median(pairs[:, 1] / pairs[:, 0])) if len(pairs) else None
+    out["warm_over_sklearn"] = float(np.median(pairs[:, 0] / pairs[:, 1])) if len(pairs) else None
+    finished = ok(out["cold"]) and out["sklearn_s"]
+    out["cold_over_sklearn"] = out["cold"]["wall_s"] / out["sklearn_s"] if finished else None
     return out
 
 
@@ -197,6 +243,12 @@ def status(ok: bool) -> str:
 
 def process_row(label: str, r: dict, n_fits: int | None = None) -> list:
     """One table row of a child process's wall time and program counts."""
+    if not ok(r):
+        done = r["fits_done"]
+        row = [label, f"crashed after {done} fits ({r['partial_s']:.0f} s)" if done else "crashed"]
+        if n_fits is not None:
+            row.append(1e3 * r["partial_s"] / done if done else None)
+        return row + [None, r["compiled_all_partial"]] + [None] * 5
     row = [label, r["wall_s"]]
     if n_fits is not None:
         row.append(1e3 * r["wall_s"] / n_fits)
@@ -214,9 +266,30 @@ def process_row(label: str, r: dict, n_fits: int | None = None) -> list:
 
 
 def median_child(runs: list[dict]) -> dict:
-    """The run with the median wall time (the lower middle one for an even count)."""
-    ordered = sorted(runs, key=lambda r: r["wall_s"])
-    return ordered[(len(ordered) - 1) // 2]
+    """The finished run with the median wall time (lower middle one); a failed one if none."""
+    ordered = sorted((r for r in runs if ok(r)), key=lambda r: r["wall_s"])
+    return ordered[(len(ordered) - 1) // 2] if ordered else runs[0]
+
+
+def crash_notes(runs: list[tuple[str, dict]]) -> list[str]:
+    """Markdown lines naming the child processes that died, with their last error line."""
+    failed = [(label, r) for label, r in runs if not ok(r)]
+    if not failed:
+        return []
+    lines = ["", "Processes that did not finish:", ""]
+    for label, r in failed:
+        code = r["returncode"]
+        how = f"killed by signal {-code}" if isinstance(code, int) and code < 0 else code
+        error = f"`{r['error']}`" if r["error"] else "(none)"
+        lines.append(f"* {label}: exit status {how}; last error line: {error}")
+    return lines
+
+
+def seconds(r: dict) -> str:
+    """A finished child's wall time, or how far a failed one got."""
+    if ok(r):
+        return f"{r['wall_s']:.1f} s"
+    return f"crashed after {r['fits_done']} fits ({r['partial_s']:.0f} s)"
 
 
 _PROGRAM_COLUMNS = [
@@ -243,25 +316,52 @@ def render_loop(r: dict) -> list[str]:
     )
     rows.append(process_row(f"scikit-learn (median of {rounds})", median_child(r["sklearn"]), n))
     colds = [r["cold"]] + ([r["no_cache"]] if "no_cache" in r else [])
-    fit_programs = max(c["compiled_jaxgmm"] for c in colds)
+    finished = [c for c in colds if ok(c)]
+    if finished:
+        fit_programs = max(c["compiled_jaxgmm"] for c in finished)
+        programs = (
+            f"{fit_programs} jaxgmm programs ({max(c['compiled_all'] for c in finished)} in all)"
+        )
+        programs_ok = fit_programs <= 6 and len(finished) == len(colds)
+    else:
+        programs = (
+            f"unknown: crashed after {colds[0]['fits_done']} fits, "
+            f"{colds[0]['compiled_all_partial']} programs compiled by then"
+        )
+        programs_ok = False
+    if r["warm_speedup"] is None:
+        warm_measured = "no warm loop finished"
+    else:
+        warm_measured = f"{r['warm_speedup']:.2f}× ({r['warm_s']:.2f} s vs {r['sklearn_s']:.2f} s)"
+    cold_measured = seconds(r["cold"])
+    if r["cold_over_sklearn"] is not None:
+        cold_measured += f" = {r['cold_over_sklearn']:.1f}× scikit-learn"
+    if "no_cache" in r:
+        cold_measured += f"; cache disabled {seconds(r['no_cache'])}"
     targets = [
         [
             "at most 6 compiled fit programs for the whole loop (cold)",
-            f"{fit_programs} jaxgmm programs ({max(c['compiled_all'] for c in colds)} in all)",
-            status(fit_programs <= 6),
+            programs,
+            status(programs_ok),
         ],
         [
             "warm loop ≥ 3× faster than scikit-learn's",
-            f"{r['warm_speedup']:.2f}× ({r['warm_s']:.2f} s vs {r['sklearn_s']:.2f} s)",
-            status(r["warm_speedup"] >= 3),
+            warm_measured,
+            status(r["warm_speedup"] is not None and r["warm_speedup"] >= 3),
         ],
-        [
-            "cold loop (reported)",
-            f"{r['cold']['wall_s']:.1f} s = {r['cold_over_sklearn']:.1f}× scikit-learn"
-            + (f"; cache disabled {r['no_cache']['wall_s']:.1f} s" if "no_cache" in r else ""),
-            "–",
-        ],
+        ["cold loop (reported)", cold_measured, "–"],
     ]
+    labelled = [("jaxgmm cold, empty cache", r["cold"])]
+    labelled += [("jaxgmm cold, cache disabled", r["no_cache"])] if "no_cache" in r else []
+    labelled += [(f"jaxgmm warm, round {i + 1}", w) for i, w in enumerate(r["warm"])]
+    labelled += [(f"scikit-learn, round {i + 1}", x) for i, x in enumerate(r["sklearn"])]
+    by_name = ""
+    if ok(r["cold"]):
+        by_name = (
+            "Programs compiled by name (cold, empty cache): "
+            + ", ".join(f"`{k}` {v}" for k, v in sorted(r["cold"]["compiled_by_name"].items()))
+            + "."
+        )
     return [
         "## W8: a loop of fits on data sets of varying size",
         "",
@@ -286,10 +386,8 @@ def render_loop(r: dict) -> list[str]:
         markdown_table(["process", "loop (s)", "ms / fit", *_PROGRAM_COLUMNS], rows),
         "",
         markdown_table(["target", "measured", "status"], targets),
-        "",
-        "Programs compiled by name (cold, empty cache): "
-        + ", ".join(f"`{k}` {v}" for k, v in sorted(r["cold"]["compiled_by_name"].items()))
-        + ".",
+        *crash_notes(labelled),
+        *(["", by_name] if by_name else []),
     ]
 
 
@@ -300,6 +398,8 @@ def render_grid(r: dict) -> list[str]:
     warm, sk = median_child(r["warm"]), median_child(r["sklearn"])
 
     def params(run: dict) -> str:
+        if not ok(run):
+            return "–"
         return ", ".join(f"{k}={v}" for k, v in sorted(run["best_params"].items()))
 
     rows = []
@@ -309,21 +409,26 @@ def render_grid(r: dict) -> list[str]:
         (f"scikit-learn (median of {rounds})", sk, 1.0),
     ]:
         row = process_row(label, run)
-        rows.append([row[0], row[1], ratio, params(run), -run["best_score"], *row[2:]])
-    agree = all(run["best_params"] == sk["best_params"] for run in [r["cold"], *r["warm"]])
+        best = -run["best_score"] if ok(run) else None
+        rows.append([row[0], row[1], ratio, params(run), best, *row[2:]])
+    runs = [r["cold"], *r["warm"], *r["sklearn"]]
+    agree = all(ok(run) for run in runs) and all(
+        run["best_params"] == sk["best_params"] for run in runs
+    )
+
+    def versus(value: float | None, limit: float) -> list:
+        if value is None:
+            return ["did not finish", status(False)]
+        return [f"{value:.2f}×", status(value <= limit)]
+
     targets = [
-        [
-            "cold ≤ 3× scikit-learn",
-            f"{r['cold_over_sklearn']:.2f}×",
-            status(r["cold_over_sklearn"] <= 3),
-        ],
-        [
-            "warm ≤ 1× scikit-learn",
-            f"{r['warm_over_sklearn']:.2f}×",
-            status(r["warm_over_sklearn"] <= 1),
-        ],
+        ["cold ≤ 3× scikit-learn", *versus(r["cold_over_sklearn"], 3)],
+        ["warm ≤ 1× scikit-learn", *versus(r["warm_over_sklearn"], 1)],
         ["same best parameters", params(r["cold"]) + " / " + params(sk), status(agree)],
     ]
+    labelled = [("jaxgmm cold, empty cache", r["cold"])]
+    labelled += [(f"jaxgmm warm, round {i + 1}", w) for i, w in enumerate(r["warm"])]
+    labelled += [(f"scikit-learn, round {i + 1}", x) for i, x in enumerate(r["sklearn"])]
     n_fits = len(spec["grid"]["n_components"]) * len(spec["grid"]["covariance_type"])
     return [
         "## Gallery grid search: Gaussian Mixture Model Selection",
@@ -351,6 +456,7 @@ def render_grid(r: dict) -> list[str]:
         ),
         "",
         markdown_table(["target", "measured", "status"], targets),
+        *crash_notes(labelled),
     ]
 
 
@@ -375,7 +481,7 @@ def main(argv=None) -> Path:
             base,
             task="grid",
             n_per_component=500,
-            cv=2,
+            cv=3,
             grid={"n_components": [1, 2], "covariance_type": ["full"]},
         )
         rounds, no_cache = 1, False

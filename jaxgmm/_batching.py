@@ -64,3 +64,47 @@ def map_in_groups(fn: Callable, xs, elements_per_member: int):
     return jax.tree_util.tree_map(
         lambda a: a.reshape((n_groups * size,) + a.shape[2:])[:n_members], out
     )
+
+
+def cond_any(pred: jax.Array, true_fn: Callable, false_fn: Callable, *operands):
+    """``lax.cond(pred, true_fn, false_fn, *operands)`` that stays a branch under ``vmap``.
+
+    A batched ``lax.cond`` becomes a ``select``: every member computes both branches,
+    every time. Here the batched form computes ``false_fn`` for the batch and, only when
+    some member's predicate holds, ``true_fn`` too, taking each member's own branch.
+    Members get exactly the values they would get unbatched. ``true_fn`` and
+    ``false_fn`` must not close over batched values: pass them as ``operands``.
+
+    Args:
+        pred: () bool.
+        true_fn, false_fn: functions of ``*operands`` returning pytrees of one structure.
+        *operands: the branches' inputs.
+
+    Returns:
+        The chosen branch's output.
+    """
+
+    @jax.custom_batching.custom_vmap
+    def branch(pred, *operands):
+        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+
+    @branch.def_vmap
+    def batched_branch(axis_size, in_batched, pred, *operands):
+        pred_batched, *operands_batched = in_batched
+        axes = [jax.tree_util.tree_map(lambda b: 0 if b else None, b) for b in operands_batched]
+        batched_true = jax.vmap(true_fn, in_axes=axes, axis_size=axis_size)
+        batched_false = jax.vmap(false_fn, in_axes=axes, axis_size=axis_size)
+        preds = pred if pred_batched else jnp.broadcast_to(pred, (axis_size,))
+
+        def both(*operands):
+            taken, other = batched_true(*operands), batched_false(*operands)
+            return jax.tree_util.tree_map(
+                lambda t, f: jnp.where(preds.reshape((-1,) + (1,) * (t.ndim - 1)), t, f),
+                taken,
+                other,
+            )
+
+        out = jax.lax.cond(jnp.any(preds), both, batched_false, *operands)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return branch(pred, *operands)

@@ -191,6 +191,14 @@ def _expanded_fused_chunk(
 class Full:
     """One (D, D) covariance per component."""
 
+    per_component = True
+
+    @staticmethod
+    def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
+        """Identity covariances for inactive (padding) components; (K, D, D)."""
+        eye = jnp.eye(covariances.shape[-1], dtype=covariances.dtype)
+        return jnp.where(active[:, None, None], covariances, eye)
+
     @staticmethod
     def log_prob(X: jax.Array, means: jax.Array, precisions_cholesky: jax.Array) -> jax.Array:
         """Log-density of each point under each component; -> (C, K)."""
@@ -291,6 +299,13 @@ class Full:
 class Tied:
     """One (D, D) covariance shared by all components."""
 
+    per_component = False
+
+    @staticmethod
+    def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
+        """The shared covariance, unchanged: inactive components add nothing to it."""
+        return covariances
+
     @staticmethod
     def log_prob(X, means, precisions_cholesky):
         """Log-density of each point under each component; -> (C, K)."""
@@ -335,6 +350,13 @@ class Tied:
 
 class Diag:
     """One diagonal covariance (a variance per dimension) per component."""
+
+    per_component = True
+
+    @staticmethod
+    def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
+        """Unit variances for inactive (padding) components; (K, D)."""
+        return jnp.where(active[:, None], covariances, 1.0)
 
     @staticmethod
     def log_prob(X, means, precisions_cholesky):
@@ -427,6 +449,13 @@ class Diag:
 
 class Spherical:
     """One variance per component, the same in every dimension."""
+
+    per_component = True
+
+    @staticmethod
+    def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
+        """Unit variances for inactive (padding) components; (K,)."""
+        return jnp.where(active, covariances, 1.0)
 
     @staticmethod
     def log_prob(X, means, precisions_cholesky):

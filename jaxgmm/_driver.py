@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxgmm._batching import map_in_groups
+from jaxgmm._batching import cond_any, map_in_groups
 from jaxgmm._chunking import elements_per_row, split_rows
 from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
@@ -40,7 +40,9 @@ def run_em(
     params: GaussianMixtureParams,
     tol: jax.Array,
     reg_covar: jax.Array,
-    max_iter: int,
+    max_iter: jax.Array,
+    history_length: int,
+    active: jax.Array | None = None,
     report_progress: bool = False,
 ) -> EMState:
     """Iterate E- and M-steps until ``|change in lower bound| < tol`` or ``max_iter``.
@@ -53,11 +55,14 @@ def run_em(
         X_chunks: (N_chunks, C, D) data; weight_chunks: (N_chunks, C) sample weights.
         params: initial parameters.
         tol: () convergence threshold; reg_covar: () diagonal regularisation.
-        max_iter: maximum number of iterations (static).
+        max_iter: () maximum number of iterations (traced: a new value does not compile).
+        history_length: length H >= max_iter of the history array (static).
+        active: None, or (K,) bool: which components take part (the others are
+            padding with weight zero, see :mod:`jaxgmm._buckets`).
         report_progress: call :func:`report_iteration` after each iteration (static).
 
     Returns:
-        The final :class:`EMState`; ``history`` is (max_iter,), NaN after ``n_iter``.
+        The final :class:`EMState`; ``history`` is (H,), NaN after ``n_iter``.
     """
     dtype = X_chunks.dtype
 
@@ -69,26 +74,34 @@ def run_em(
         if covariance_type in ("diag", "spherical"):
             # The fused kernels expand (x - mu)^2 around the data's centre; tight
             # components far from it (float32) take the exact difference-based pass.
-            stats = jax.lax.cond(
+            # (cond_any: under vmap only the restarts that need it pay for it.)
+            stats = cond_any(
                 needs_exact_e_step(state.params),
-                lambda: exact_e_step(X_chunks, weight_chunks, state.params, state.params.means),
-                lambda: e_step(X_chunks, weight_chunks, state.params),
+                lambda X, w, p: exact_e_step(X, w, p, p.means),
+                e_step,
+                X_chunks,
+                weight_chunks,
+                state.params,
             )
         else:
             stats = e_step(X_chunks, weight_chunks, state.params)
         lower_bound = stats.log_lik_sum / stats.n
-        new_params = m_step(stats, reg_covar, covariance_type)
+        new_params = m_step(stats, reg_covar, covariance_type, active)
         if covariance_type in ("diag", "spherical"):
             # Fused moments are summed around zero; redo them exactly around the new
             # means when that cancelled away a variance (float32, tight far components).
-            new_params = jax.lax.cond(
+            new_params = cond_any(
                 lost_precision(stats, new_params, reg_covar),
-                lambda: m_step(
-                    exact_e_step(X_chunks, weight_chunks, state.params, new_params.means),
-                    reg_covar,
-                    covariance_type,
+                lambda X, w, old, new, reg, act: m_step(
+                    exact_e_step(X, w, old, new.means), reg, covariance_type, act
                 ),
-                lambda: new_params,
+                lambda X, w, old, new, reg, act: new,
+                X_chunks,
+                weight_chunks,
+                state.params,
+                new_params,
+                reg_covar,
+                active,
             )
         finite = jnp.isfinite(lower_bound) & _all_finite(new_params)
         if report_progress:
@@ -102,7 +115,7 @@ def run_em(
             n_iter=state.n_iter + 1,
             converged=finite & (jnp.abs(lower_bound - state.lower_bound) < tol),
             finite=finite,
-            history=state.history.at[state.n_iter].set(lower_bound) if max_iter else state.history,
+            history=state.history.at[state.n_iter].set(lower_bound, mode="drop"),
         )
 
     state = EMState(
@@ -111,7 +124,7 @@ def run_em(
         n_iter=jnp.asarray(0, jnp.int32),
         converged=jnp.asarray(False),
         finite=_all_finite(params),
-        history=jnp.full((max_iter,), jnp.nan, dtype),
+        history=jnp.full((history_length,), jnp.nan, dtype),
     )
     return jax.lax.while_loop(keep_going, em_iteration, state)
 
@@ -164,11 +177,13 @@ def _apply_user_init(
     return params
 
 
-# The compiled fits' static (compile-time) options.
+# The compiled fits' static (compile-time) options: only what fixes array shapes or
+# the program's structure. tol, reg_covar, max_iter and the number of active
+# components are traced, so new values do not compile again.
 _STATIC_OPTIONS = (
     "n_components",
     "covariance_type",
-    "max_iter",
+    "history_length",
     "n_init",
     "init",
     "chunk_size",
@@ -183,13 +198,15 @@ def fit_compiled(
     key: jax.Array,
     tol: jax.Array,
     reg_covar: jax.Array,
+    max_iter: jax.Array,
+    n_active: jax.Array,
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
     *,
     n_components: int,
     covariance_type: str,
-    max_iter: int,
+    history_length: int,
     n_init: int,
     init: str,
     chunk_size: int,
@@ -198,15 +215,20 @@ def fit_compiled(
     """The whole fit as one compiled program: centre, initialise, run EM, pick the best.
 
     Args:
-        X: (N, D) validated data in the compute dtype; sample_weight: (N,).
-        key: PRNG key; tol, reg_covar: () scalars.
-        weights_init: (K,) or None; means_init: (K, D) or None; precisions_init:
-            covariance-type shaped or None.
-        n_components, covariance_type, max_iter, n_init, init, chunk_size,
+        X: (N, D) validated data in the compute dtype, N a multiple of ``chunk_size``
+            (padding rows have weight zero); sample_weight: (N,).
+        key: PRNG key; tol, reg_covar: () scalars; max_iter: () int.
+        n_active: () int, the true number of components K <= ``n_components``; the
+            others are inactive padding (weight exactly zero, see :mod:`jaxgmm._buckets`).
+        weights_init: (K_pad,) or None; means_init: (K_pad, D) or None;
+            precisions_init: covariance-type shaped or None (padded components: weight
+            0, identity precision).
+        n_components: K_pad; covariance_type, history_length, n_init, init, chunk_size,
             report_progress: static options.
 
     Returns:
-        A :class:`FitResult` for the restart with the best finite lower bound.
+        A :class:`FitResult` with K_pad components for the restart with the best
+        finite lower bound; ``history`` has ``history_length`` entries.
     """
     # Work around the weighted data mean: exact float32 statistics for offset data.
     total_weight = jnp.sum(sample_weight)
@@ -217,6 +239,7 @@ def fit_compiled(
     X_chunks, weight_chunks = split_rows(X - center, sample_weight, chunk_size)
     if means_init is not None:
         means_init = means_init - center
+    active = jnp.arange(n_components, dtype=n_active.dtype) < n_active
 
     def one_restart(restart_key: jax.Array) -> EMState:
         params = initial_params(
@@ -227,9 +250,20 @@ def fit_compiled(
             covariance_type,
             init,
             reg_covar,
+            active,
         )
         params = _apply_user_init(params, weights_init, means_init, precisions_init)
-        return run_em(X_chunks, weight_chunks, params, tol, reg_covar, max_iter, report_progress)
+        return run_em(
+            X_chunks,
+            weight_chunks,
+            params,
+            tol,
+            reg_covar,
+            max_iter,
+            history_length,
+            active,
+            report_progress,
+        )
 
     # Restart i always uses fold_in(key, i), so n_init = 8 contains the n_init = 1 run.
     # Restart 0 runs unbatched, as with n_init = 1: vmap may round differently, and
@@ -264,6 +298,8 @@ def fit_many_compiled(
     keys: jax.Array,
     tol: jax.Array,
     reg_covar: jax.Array,
+    max_iter: jax.Array,
+    n_active: jax.Array,
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
@@ -273,7 +309,8 @@ def fit_many_compiled(
 
     Args:
         X: (B, N, D) validated data sets; sample_weight: (B, N); keys: (B,) PRNG keys.
-        tol, reg_covar, weights_init, means_init, precisions_init: shared by every
+        tol, reg_covar, max_iter, n_active, weights_init, means_init,
+            precisions_init: shared by every
             model, as in :func:`fit_compiled`; ``means_init`` may also be (B, K, D),
             one per data set.
         **static_options: :func:`fit_compiled`'s static options.
@@ -290,7 +327,17 @@ def fit_many_compiled(
         x, w, key, *own_means = member
         means = own_means[0] if own_means else means_init
         return fit_compiled(
-            x, w, key, tol, reg_covar, weights_init, means, precisions_init, **static_options
+            x,
+            w,
+            key,
+            tol,
+            reg_covar,
+            max_iter,
+            n_active,
+            weights_init,
+            means,
+            precisions_init,
+            **static_options,
         )
 
     per_row = elements_per_row(

@@ -176,21 +176,33 @@ def lost_precision(stats: Stats, params: GaussianMixtureParams, reg_covar: jax.A
     return jnp.any(variance < 1e3 * eps * second_moment)
 
 
-def m_step(stats: Stats, reg_covar: jax.Array, covariance_type: str) -> GaussianMixtureParams:
+def m_step(
+    stats: Stats,
+    reg_covar: jax.Array,
+    covariance_type: str,
+    active: jax.Array | None = None,
+) -> GaussianMixtureParams:
     """New parameters from summed statistics (scikit-learn's M-step, shift-corrected).
 
     Args:
         stats: summed :class:`Stats`.
         reg_covar: () non-negative value added to every covariance's diagonal.
         covariance_type: one of ``full``, ``tied``, ``diag``, ``spherical``.
+        active: None (every component), or (K,) bool: inactive components (padding,
+            see :mod:`jaxgmm._buckets`) get weight exactly zero, their shift as mean
+            and an identity covariance, and change nothing for the active ones.
 
     Returns:
         The updated :class:`GaussianMixtureParams`.
     """
     ops = COVARIANCE_OPS[covariance_type]
     n_k = stats.n_k + 10 * jnp.finfo(stats.n_k.dtype).eps
-    mean_shift = stats.s_x / n_k[:, None]
+    if active is not None:
+        n_k = jnp.where(active, n_k, 0.0)
+    mean_shift = stats.s_x / (n_k if active is None else jnp.where(active, n_k, 1.0))[:, None]
     covariances = ops.covariances(n_k, mean_shift, stats.s_xx, reg_covar)
+    if active is not None:
+        covariances = ops.mask_inactive(covariances, active)
     return GaussianMixtureParams(
         weights=n_k / jnp.sum(n_k),
         means=stats.shift + mean_shift,

@@ -27,14 +27,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from jaxgmm._fit import fit as _fit
+from jaxgmm._inference import evaluate_checked as _evaluate_checked
 from jaxgmm._inference import n_parameters as _n_parameters
-from jaxgmm._inference import predict as _predict
-from jaxgmm._inference import predict_proba as _predict_proba
 from jaxgmm._inference import sample as _sample
 from jaxgmm._inference import score as _score
-from jaxgmm._inference import score_samples as _score_samples
 from jaxgmm._init import INIT_METHODS
 from jaxgmm._params import COVARIANCE_TYPES, FitResult, GaussianMixtureParams
+from jaxgmm._validation import check_params as _check_params
+from jaxgmm._validation import check_sample_weight as _check_sample_weight
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -372,6 +372,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bound_ = np.asarray(result.lower_bound).astype(dtype)[()]
         self.lower_bounds_ = _to_numpy(result.history, dtype)[: self.n_iter_]
         self._restart_lower_bounds = _to_numpy(result.restart_lower_bounds, dtype)
+        with _precision_scope(dtype):  # the scope every prediction runs in
+            self._fitted_params = (self._params_source(), self._build_params())
 
     def _print_verbose(self, result: FitResult, seconds: float) -> None:
         """scikit-learn-style progress messages, printed after the compiled fit."""
@@ -414,12 +416,29 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             ``covariances`` / ``precisions_cholesky``.
         """
         check_is_fitted(self)
-        return GaussianMixtureParams(
-            weights=jax.numpy.asarray(self.weights_),
-            means=jax.numpy.asarray(self.means_),
-            covariances=jax.numpy.asarray(self.covariances_),
-            precisions_cholesky=jax.numpy.asarray(self.precisions_cholesky_),
-            covariance_type=self.covariance_type,
+        source, params = getattr(self, "_fitted_params", ((), None))
+        current = self._params_source()
+        if len(source) == len(current) and all(
+            a is b for a, b in zip(source, current, strict=True)
+        ):
+            return params
+        return self._build_params()
+
+    def _params_source(self) -> tuple:
+        """What :attr:`params_` is built from: the fitted arrays and the JAX precision."""
+        x64 = bool(jax.config.jax_enable_x64)
+        return (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, x64)
+
+    def _build_params(self) -> GaussianMixtureParams:
+        """:attr:`params_` from the fitted attributes, values checked once."""
+        return _check_params(
+            GaussianMixtureParams(
+                weights=jax.numpy.asarray(self.weights_),
+                means=jax.numpy.asarray(self.means_),
+                covariances=jax.numpy.asarray(self.covariances_),
+                precisions_cholesky=jax.numpy.asarray(self.precisions_cholesky_),
+                covariance_type=self.covariance_type,
+            )
         )
 
     @classmethod
@@ -463,10 +482,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         return _validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
 
+    def _evaluate(self, X: np.ndarray, output: str, sample_weight=None):
+        """One compiled program on rows that ``_check_data`` validated (no second check)."""
+        dtype = self._dtype()
+        with _precision_scope(dtype):
+            if output == "score" and sample_weight is None:
+                sample_weight = np.ones(X.shape[0], dtype)
+            elif output == "score":
+                sample_weight = _check_sample_weight(sample_weight, X.shape[0], dtype, 1)
+            return _evaluate_checked(self.params_, X, output, sample_weight, host_rows=True)
+
     def _predict_validated(self, X: np.ndarray) -> np.ndarray:
-        with _precision_scope(self._dtype()):
-            labels = _predict(self.params_, X)
-        return np.asarray(labels).astype(np.intp)
+        return self._evaluate(X, "predict").astype(np.intp)
 
     def predict(self, X) -> np.ndarray:
         """Most probable component of each point.
@@ -488,9 +515,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Returns:
             (N, K) responsibilities, rows summing to one.
         """
-        X = self._check_data(X)
-        with _precision_scope(self._dtype()):
-            return _to_numpy(_predict_proba(self.params_, X), self._dtype())
+        return _to_numpy(self._evaluate(self._check_data(X), "predict_proba"), self._dtype())
 
     def score_samples(self, X) -> np.ndarray:
         """Log-likelihood of each point under the mixture.
@@ -501,9 +526,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Returns:
             (N,) log p(x_n), in the dtype of the fitted model.
         """
-        X = self._check_data(X)
-        with _precision_scope(self._dtype()):
-            return _to_numpy(_score_samples(self.params_, X), self._dtype())
+        return _to_numpy(self._evaluate(self._check_data(X), "score_samples"), self._dtype())
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Mean log-likelihood per point (sample-weighted if weights are given).
@@ -519,10 +542,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._score_validated(self._check_data(X), sample_weight)
 
     def _score_validated(self, X: np.ndarray, sample_weight=None) -> float:
-        if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight)
-        with _precision_scope(self._dtype()):
-            return float(_score(self.params_, X, sample_weight))
+        return float(self._evaluate(X, "score", sample_weight))
 
     def _n_parameters(self) -> int:
         """Number of free parameters of the fitted model."""

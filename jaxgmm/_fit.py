@@ -10,11 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._buckets import component_bucket, first_rows, history_length, row_layout
 from jaxgmm._chunking import chunk_size_for
+from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
 from jaxgmm._keys import as_key
-from jaxgmm._params import FitResult, Status
+from jaxgmm._params import FitResult, Status, first_components
 from jaxgmm._validation import (
     centre_and_cast,
     check_chunk_size,
@@ -27,6 +29,7 @@ from jaxgmm._validation import (
     check_sample_weight,
     compute_dtype,
     is_traced,
+    mark_checked,
 )
 
 ILL_DEFINED_MESSAGE = (
@@ -56,29 +59,70 @@ def _ill_defined_message(reg_covar, covariance_type: str, n_components: int) -> 
     )
 
 
+def _max_chunk(
+    chunk_size: int | None, n_components: int, n_features: int, covariance_type: str
+) -> int:
+    """The user's chunk size, or the default one (~2 MiB intermediates) for K and D."""
+    if chunk_size is not None:
+        return chunk_size
+    return chunk_size_for(2**62, n_components, n_features, covariance_type)
+
+
 def _static_options(
     n_components: int,
     covariance_type: str,
     max_iter: int,
     n_init: int,
     init: str,
-    chunk_size: int | None,
-    data_shape: tuple[int, int],
+    chunk_size: int,
     progress: bool,
 ) -> dict:
-    """The compiled fits' static options, with the default chunk size for (N, D) data."""
-    n_samples, n_features = data_shape
-    if chunk_size is None:
-        chunk_size = chunk_size_for(n_samples, n_components, n_features, covariance_type)
+    """The compiled fits' static options (shapes and program structure only)."""
     return {
         "n_components": n_components,
         "covariance_type": covariance_type,
-        "max_iter": max_iter,
+        "history_length": history_length(max_iter),
         "n_init": n_init,
         "init": init,
-        "chunk_size": min(chunk_size, n_samples),
+        "chunk_size": chunk_size,
         "report_progress": bool(progress),
     }
+
+
+def _pad_rows(X, sample_weight, n_rows: int):
+    """Append zero-weight copies of row 0 up to ``n_rows`` rows (they change no sum).
+
+    Copies of a real row, not zeros, keep every padding row's log-density as finite
+    as the data's (zeros could lie far outside data centred far from the origin).
+    """
+    pad = n_rows - X.shape[0]
+    if pad == 0:
+        return X, sample_weight
+    # Host data are padded on the host: no device program per row count.
+    xp = np if isinstance(X, np.ndarray) else jnp
+    X = xp.concatenate([X, xp.broadcast_to(X[:1], (pad,) + X.shape[1:])])
+    sample_weight = xp.asarray(sample_weight)
+    return X, xp.concatenate([sample_weight, xp.zeros(pad, sample_weight.dtype)])
+
+
+def _pad_components(inits: tuple, covariance_type: str, n_components: int, n_padded: int):
+    """Pad user initial parameters to ``n_padded`` components (weight 0, identity precision)."""
+    weights_init, means_init, precisions_init = inits
+    pad = n_padded - n_components
+    if pad == 0:
+        return inits
+    if weights_init is not None:
+        weights_init = jnp.pad(weights_init, (0, pad))
+    if means_init is not None:
+        means_init = jnp.pad(means_init, ((0, pad), (0, 0)))
+    if precisions_init is not None and COVARIANCE_OPS[covariance_type].per_component:
+        eye = jnp.ones_like(precisions_init[:1])
+        if precisions_init.ndim == 3:
+            eye = jnp.eye(precisions_init.shape[-1], dtype=precisions_init.dtype)[None]
+        precisions_init = jnp.concatenate(
+            [precisions_init, jnp.broadcast_to(eye, (pad,) + precisions_init.shape[1:])]
+        )
+    return weights_init, means_init, precisions_init
 
 
 def fit(
@@ -162,9 +206,19 @@ def fit(
         X.dtype,
         means_offset=offset,
     )
-    static = _static_options(
-        n_components, covariance_type, max_iter, n_init, init, chunk_size, X.shape, progress
-    )
+    # Shape buckets (jaxgmm._buckets): padding rows and components, so that nearby
+    # sizes share one compiled program. Traced input keeps its own shapes.
+    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
+    n_padded = n_components
+    traced = is_traced(X) or is_traced(sample_weight)
+    if traced:
+        chunk = min(max_chunk, n_samples)
+    else:
+        n_padded = component_bucket(n_components)
+        n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
+        X, sample_weight = _pad_rows(X, sample_weight, n_rows)
+        inits = _pad_components(inits, covariance_type, n_components, n_padded)
+    static = _static_options(n_padded, covariance_type, max_iter, n_init, init, chunk, progress)
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
         result = fit_compiled(
             X,
@@ -172,17 +226,26 @@ def fit(
             as_key(key),
             jnp.asarray(tol, X.dtype),
             jnp.asarray(reg_covar, X.dtype),
+            jnp.asarray(max_iter, jnp.int32),
+            jnp.asarray(n_components, jnp.int32),
             *inits,
             **static,
         )
         if progress and not is_traced(result.status):
             jax.block_until_ready(result)
+    history = result.history
+    history = history[:max_iter] if is_traced(history) else first_rows(history, max_iter)
+    result = dataclasses.replace(
+        result, params=first_components(result.params, n_components), history=history
+    )
     if not is_traced(result.status) and int(result.status) == Status.NON_FINITE:
         raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))
     if offset is not None:
         means = np.asarray(result.params.means, np.float64) + offset
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(X.dtype)))
         result = dataclasses.replace(result, params=params)
+    if not is_traced(result.status):
+        mark_checked(result.params)  # finite (NON_FINITE raised above), weights sum to 1
     return result
 
 
@@ -308,9 +371,13 @@ def fit_many(
         if means_init is not None:  # per data set now: (B, K, D)
             user_means = np.asarray(user_means_init, np.float64)[None]
             means_init = jnp.asarray((user_means - offsets[:, None, :]).astype(dtype))
-    static = _static_options(
-        n_components, covariance_type, max_iter, n_init, init, chunk_size, X.shape[1:], progress
-    )
+    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
+    n_rows, chunk = row_layout(n_samples, max_chunk)
+    if n_rows > n_samples:  # zero-weight copies of each data set's first row
+        pad = n_rows - n_samples
+        X = np.concatenate([X, np.broadcast_to(X[:, :1], (n_models, pad, n_features))], axis=1)
+        W = np.concatenate([W, np.zeros((n_models, pad), W.dtype)], axis=1)
+    static = _static_options(n_components, covariance_type, max_iter, n_init, init, chunk, progress)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
     description = f"EM fit of {n_models} models, K={n_components}"
     with fit_progress(max_iter, description) if progress else nullcontext():
@@ -320,6 +387,8 @@ def fit_many(
             keys,
             jnp.asarray(tol, dtype),
             jnp.asarray(reg_covar, dtype),
+            jnp.asarray(max_iter, jnp.int32),
+            jnp.asarray(n_components, jnp.int32),
             weights_init,
             means_init,
             precisions_init,
@@ -327,6 +396,7 @@ def fit_many(
         )
         if progress:
             jax.block_until_ready(result)
+    result = dataclasses.replace(result, history=first_rows(result.history.T, max_iter).T)
     if offsets is not None:
         means = np.asarray(result.params.means, np.float64) + offsets[:, None, :]
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(dtype)))

@@ -11,40 +11,120 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._buckets import first_rows, row_layout
 from jaxgmm._chunking import chunk_size_for, chunked_map
 from jaxgmm._covariance import COVARIANCE_OPS
 from jaxgmm._em import log_resp_and_norm
 from jaxgmm._keys import as_key
 from jaxgmm._params import GaussianMixtureParams
-from jaxgmm._validation import check_data, check_key, check_params, check_sample_weight
+from jaxgmm._validation import (
+    check_data,
+    check_key,
+    check_params,
+    check_sample_weight,
+    is_traced,
+)
 
 
 def _as_params(params) -> GaussianMixtureParams:
     return check_params(params)
 
 
-@partial(jax.jit, static_argnames="chunk_size")
-def _log_resp_and_norm(params: GaussianMixtureParams, X: jax.Array, chunk_size: int):
+def _chunk_output(output: str, log_resp: jax.Array, log_norm: jax.Array) -> jax.Array:
+    """One chunk's rows of the requested per-point output."""
+    if output == "predict":
+        return jnp.argmax(log_resp, axis=1)
+    if output == "predict_proba":
+        proba = jnp.exp(log_resp)
+        # Rows sum to one even where the log-normaliser itself is rounded.
+        return proba / jnp.sum(proba, axis=1, keepdims=True)
+    return log_norm
+
+
+@partial(jax.jit, static_argnames=("output", "chunk_size"))
+def _evaluate_program(
+    params: GaussianMixtureParams,
+    X: jax.Array,
+    sample_weight: jax.Array | None,
+    *,
+    output: str,
+    chunk_size: int,
+):
+    """One compiled program per call: per-point ``output`` for (N, D) rows, or the score.
+
+    ``output`` is ``"score_samples"`` (N,), ``"predict"`` (N,), ``"predict_proba"``
+    (N, K) or ``"score"`` () (the ``sample_weight``-weighted mean log-likelihood).
+    """
     # Centre on the mixture mean: keeps the matrix-product form of the diag/spherical/
     # tied densities accurate for data far from the origin.
     center = params.weights @ params.means
     centred = dataclasses.replace(params, means=params.means - center)
-    return chunked_map(lambda x: log_resp_and_norm(x - center, centred), X, chunk_size)
+    per_point = "score_samples" if output == "score" else output
+
+    def rows(x):
+        return _chunk_output(per_point, *log_resp_and_norm(x - center, centred))
+
+    values = chunked_map(rows, X, chunk_size)
+    if output == "score":
+        return jnp.sum(sample_weight * values) / jnp.sum(sample_weight)
+    return values
 
 
-def _validated(params, X) -> tuple[GaussianMixtureParams, jax.Array]:
+def _evaluate(params, X, output: str, sample_weight=None):
+    """Validate params and X, then :func:`evaluate_checked`.
+
+    Args:
+        params: fitted parameters (or a FitResult); X: (N, D) data.
+        output: see :func:`_evaluate_program`.
+        sample_weight: (N,) weights for ``"score"``.
+
+    Returns:
+        The (N, ...) per-point output, or the () score.
+    """
     params = _as_params(params)
     X = check_data(X, n_features=params.n_features)
-    return params, X.astype(params.means.dtype)
+    if output == "score":
+        sample_weight = check_sample_weight(sample_weight, X.shape[0], params.means.dtype, 1)
+    return evaluate_checked(params, X, output, sample_weight)
 
 
-def _evaluate_validated(params: GaussianMixtureParams, X: jax.Array):
-    chunk = chunk_size_for(X.shape[0], params.n_components, params.n_features)
-    return _log_resp_and_norm(params, X, chunk)
+def evaluate_checked(
+    params: GaussianMixtureParams, X, output: str, sample_weight=None, *, host_rows: bool = False
+):
+    """Pad validated rows to their bucket, run one compiled program, slice back.
 
+    Args:
+        params: checked parameters; X: (N, D) checked data (numpy, JAX or traced).
+        output: see :func:`_evaluate_program`.
+        sample_weight: (N,) checked weights for ``"score"``, else None.
+        host_rows: return per-point outputs as a numpy array (for the estimator: the
+            padding rows are then dropped on the host, for free).
 
-def _evaluate(params, X):
-    return _evaluate_validated(*_validated(params, X))
+    Returns:
+        The (N, ...) per-point output, or the () score.
+    """
+    dtype = params.means.dtype
+    n_samples = X.shape[0]
+    max_chunk = chunk_size_for(2**62, params.n_components, params.n_features)
+    if is_traced(X):
+        n_rows, chunk = n_samples, min(n_samples, max_chunk)
+    else:
+        # Padding rows (copies of row 0, weight zero) on the host for host data:
+        # nearby row counts share one compiled program.
+        n_rows, chunk = row_layout(n_samples, max_chunk)
+        xp = np if isinstance(X, np.ndarray) else jnp
+        pad = n_rows - n_samples
+        if pad:
+            X = xp.concatenate([X, xp.broadcast_to(X[:1], (pad, X.shape[1]))])
+            if sample_weight is not None:
+                sample_weight = xp.concatenate([np.asarray(sample_weight), np.zeros(pad, dtype)])
+        X = xp.asarray(X, dtype)
+    out = _evaluate_program(params, X, sample_weight, output=output, chunk_size=chunk)
+    if output == "score":
+        return out
+    if host_rows:
+        return np.asarray(out)[:n_samples]
+    return out if n_rows == n_samples else first_rows(out, n_samples)
 
 
 def score_samples(params, X) -> jax.Array:
@@ -57,15 +137,12 @@ def score_samples(params, X) -> jax.Array:
     Returns:
         (N,) log p(x_n).
     """
-    return _evaluate(params, X)[1]
+    return _evaluate(params, X, "score_samples")
 
 
 def score(params, X, sample_weight=None) -> jax.Array:
     """Mean (optionally sample-weighted) log-likelihood per point; X: (N, D) -> ()."""
-    params, X = _validated(params, X)
-    weights = check_sample_weight(sample_weight, X.shape[0], X.dtype, 1)
-    log_lik = _evaluate_validated(params, X)[1]
-    return jnp.sum(weights * log_lik) / jnp.sum(weights)
+    return _evaluate(params, X, "score", sample_weight)
 
 
 def predict_proba(params, X) -> jax.Array:
@@ -75,13 +152,12 @@ def predict_proba(params, X) -> jax.Array:
     log-densities are huge (|log p| ~ 1e6 in float32, where the log-normaliser itself
     is rounded by more than 0.1).
     """
-    proba = jnp.exp(_evaluate(params, X)[0])
-    return proba / jnp.sum(proba, axis=1, keepdims=True)
+    return _evaluate(params, X, "predict_proba")
 
 
 def predict(params, X) -> jax.Array:
     """Most probable component of each point; X: (N, D) -> (N,) int labels."""
-    return jnp.argmax(_evaluate(params, X)[0], axis=1)
+    return _evaluate(params, X, "predict")
 
 
 def n_parameters(params) -> int:

@@ -7,6 +7,9 @@ import enum
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxgmm._covariance import COVARIANCE_OPS
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -91,3 +94,33 @@ class FitResult:
     status: jax.Array
     history: jax.Array
     restart_lower_bounds: jax.Array
+
+
+def first_components(params: GaussianMixtureParams, n_components: int) -> GaussianMixtureParams:
+    """The first ``n_components`` components of (possibly padded) parameters.
+
+    Args:
+        params: parameters with K_pad >= ``n_components`` components.
+        n_components: K to keep.
+
+    Returns:
+        Parameters with weights (K,), means (K, D) and covariance-shaped arrays; a
+        tied covariance is shared and kept whole.
+    """
+    if params.n_components == n_components:
+        return params
+    per_component = COVARIANCE_OPS[params.covariance_type].per_component
+    keep = slice(None, n_components) if per_component else slice(None)
+    traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(params))
+
+    def cut(a, rows):
+        # Concrete arrays are cut on the host: no slicing program per K to compile.
+        return a[rows] if traced else jax.device_put(np.asarray(a)[rows])
+
+    return dataclasses.replace(
+        params,
+        weights=cut(params.weights, slice(None, n_components)),
+        means=cut(params.means, slice(None, n_components)),
+        covariances=cut(params.covariances, keep),
+        precisions_cholesky=cut(params.precisions_cholesky, keep),
+    )

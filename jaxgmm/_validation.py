@@ -217,14 +217,16 @@ def check_data(X, name: str = "X", n_features: int | None = None):
         n_features: if given, the D the data must have (e.g. the D seen at fit time).
 
     Returns:
-        The data as a JAX array (concrete input) or the tracer (traced input), in the
-        compute dtype (see :func:`compute_dtype`).
+        The data in the compute dtype (see :func:`compute_dtype`): a numpy array for
+        host input (copied to the device once, by the compiled program that uses it),
+        a JAX array for JAX input, the tracer itself for traced input.
     """
     array = check_data_array(X, name, n_features)
     dtype = compute_dtype(array.dtype)
     if not is_traced(array):
         _check_range(*_column_range(array), array.shape, dtype, False, name)
-    return jnp.asarray(array, dtype=dtype)
+    xp = np if isinstance(array, np.ndarray) else jnp
+    return xp.asarray(array, dtype=dtype)
 
 
 def check_datasets(X: np.ndarray, W: np.ndarray, dtype, n_components: int) -> None:
@@ -284,7 +286,9 @@ def centre_and_cast(X, sample_weight, dtype, name: str = "X"):
         name: the argument's name, for messages.
 
     Returns:
-        (X in ``dtype`` as a JAX array, offset: (D,) float64 numpy array or None).
+        (X in ``dtype``, offset: (D,) float64 numpy array or None). X stays where it
+        was: a numpy array for numpy input (the compiled fit copies it to the device
+        once, after padding), a JAX array for JAX input.
     """
     if is_traced(X):
         return jnp.asarray(X, dtype), None
@@ -297,11 +301,12 @@ def centre_and_cast(X, sample_weight, dtype, name: str = "X"):
     if dtype.itemsize < 8:
         _warn_if_unresolved(lo, hi, dtype, name)
     if not precise_input:
-        return jnp.asarray(X, dtype), None
+        xp = np if isinstance(X, np.ndarray) else jnp
+        return xp.asarray(X, dtype), None
     X64 = X.astype(np.float64, copy=False)
     weights = np.asarray(sample_weight, np.float64)
     offset = (weights @ X64) / weights.sum()
-    return jnp.asarray((X64 - offset).astype(dtype)), offset
+    return (X64 - offset).astype(dtype), offset
 
 
 # ------------------------------------------------------------------------- options
@@ -401,8 +406,8 @@ def check_sample_weight(sample_weight, n_samples: int, dtype, n_components: int)
 
     Weights must be finite and >= 0, and at least ``n_components`` of them > 0.
     """
-    if sample_weight is None:
-        return jnp.ones(n_samples, dtype)
+    if sample_weight is None:  # on the host: no device program per row count
+        return np.ones(n_samples, dtype)
     if not is_traced(sample_weight):
         sample_weight = _as_numeric_numpy(sample_weight, "sample_weight")
     else:
@@ -630,9 +635,11 @@ def check_params(params) -> GaussianMixtureParams:
             f"params arrays must all have the same floating dtype, got "
             f"{sorted(str(t) for t in dtypes)}."
         )
-    if any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(params)):
+    leaves = jax.tree_util.tree_leaves(params)
+    if any(is_traced(leaf) for leaf in leaves) or getattr(params, _CHECKED, False):
         return params
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    if not all(isinstance(leaf, jax.Array) for leaf in leaves):
+        params = jax.tree_util.tree_map(jnp.asarray, params)
     finite, min_weight, weight_sum, min_chol = (float(v) for v in _params_summary(params))
     if not finite:
         raise ValueError(
@@ -650,4 +657,17 @@ def check_params(params) -> GaussianMixtureParams:
             "params.precisions_cholesky must have a strictly positive diagonal (upper "
             "Cholesky factors of the precisions, as scikit-learn's precisions_cholesky_)."
         )
+    return mark_checked(params)
+
+
+# Attribute set on a GaussianMixtureParams object whose values passed check_params (or
+# that a successful fit made): later calls skip the value checks and their device
+# round trip. The arrays of a frozen params object never change, so neither does the
+# verdict.
+_CHECKED = "_jaxgmm_values_checked"
+
+
+def mark_checked(params: GaussianMixtureParams) -> GaussianMixtureParams:
+    """Record that ``params`` (concrete JAX arrays) describe a valid mixture; returns it."""
+    object.__setattr__(params, _CHECKED, True)
     return params

@@ -36,7 +36,7 @@ def _engine_reached(*args, **kwargs):
 def engine_unreachable(monkeypatch):
     """Make reaching the compiled engine a test failure."""
     monkeypatch.setattr(jaxgmm._fit, "fit_compiled", _engine_reached)
-    monkeypatch.setattr(jaxgmm._inference, "_log_resp_and_norm", _engine_reached)
+    monkeypatch.setattr(jaxgmm._inference, "_evaluate_program", _engine_reached)
     monkeypatch.setattr(jaxgmm._inference, "_sample", _engine_reached)
 
 

@@ -1,0 +1,158 @@
+"""Shape buckets: nearby sizes share one compiled program, and padding changes nothing."""
+
+import contextlib
+
+import jax
+import numpy as np
+import pytest
+
+import jaxgmm
+import jaxgmm._fit
+from jaxgmm._buckets import GROWTH, component_bucket, history_length, row_layout
+
+COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
+INITS = ["kmeans", "k-means++", "random", "random_from_data"]
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Count XLA backend compilations inside the block; yields a one-element list."""
+    count = [0]
+    active = [True]
+
+    def listener(event, duration, **kwargs):
+        if active[0] and event == "/jax/core/compile/backend_compile_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        active[0] = False
+
+
+def _data(n_rows: int, seed: int = 0, n_features: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    half = n_rows // 2
+    return np.concatenate(
+        [
+            rng.normal(0.0, 1.0, (half, n_features)),
+            rng.normal(4.0, 0.5, (n_rows - half, n_features)),
+        ]
+    )
+
+
+@pytest.mark.parametrize("max_chunk", [64, 1000, 43690])
+def test_row_grid_growth_and_alignment(max_chunk):
+    for n in range(1, 40 * max_chunk, max(1, max_chunk // 7)):
+        padded, chunk = row_layout(n, max_chunk)
+        assert padded >= n and chunk <= max_chunk and padded % chunk == 0
+        # padding never costs more than the growth factor (plus row alignment)
+        assert padded <= GROWTH * n + 8 + padded // chunk
+
+
+def test_row_grid_needs_six_programs_for_500_to_5000_rows():
+    sizes = {row_layout(n, 43690) for n in range(500, 5001)}
+    assert len(sizes) <= 6
+
+
+def test_component_and_history_buckets():
+    assert [component_bucket(k) for k in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 16]
+    assert [history_length(m) for m in (0, 1, 2, 3, 100, 128, 129)] == [1, 1, 2, 4, 128, 128, 256]
+
+
+def test_fits_of_nearby_row_counts_compile_once():
+    X = _data(1013, seed=1).astype(np.float32)
+    jaxgmm.fit(X[:1000], 3, key=0)
+    with count_compilations() as count:
+        for n in (1001, 1013):
+            jaxgmm.fit(X[:n], 3, key=0)
+    assert count[0] == 0
+
+
+def test_new_max_iter_and_tol_do_not_compile_again():
+    X = _data(300, seed=2).astype(np.float32)
+    jaxgmm.fit(X, 2, max_iter=100, key=0)
+    with count_compilations() as count:
+        result = jaxgmm.fit(X, 2, max_iter=77, tol=1e-4, key=0)
+    assert count[0] == 0
+    assert result.history.shape == (77,)
+
+
+def test_predictions_of_nearby_row_counts_compile_once():
+    X = _data(700, seed=3).astype(np.float32)
+    params = jaxgmm.fit(X, 3, key=0).params
+    for fn in (jaxgmm.score_samples, jaxgmm.predict, jaxgmm.predict_proba, jaxgmm.score):
+        fn(params, X[:600])
+    with count_compilations() as count:
+        for fn in (jaxgmm.score_samples, jaxgmm.predict, jaxgmm.predict_proba, jaxgmm.score):
+            fn(params, X[:650])
+    assert count[0] == 0
+
+
+def _unpadded(monkeypatch):
+    """Make fit skip every bucket: rows, components and iteration counts exact."""
+    monkeypatch.setattr(jaxgmm._fit, "row_layout", lambda n, chunk: (n, min(n, chunk)))
+    monkeypatch.setattr(jaxgmm._fit, "component_bucket", lambda k: k)
+    monkeypatch.setattr(jaxgmm._fit, "history_length", lambda m: m)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("init", INITS)
+def test_padded_fit_equals_unpadded_fit(monkeypatch, covariance_type, init):
+    """Rows 501 -> 712 and K 3 -> 4 (inactive component): the same fit, float64."""
+    X = _data(501, seed=4)
+    weights = np.random.default_rng(5).uniform(0.5, 2.0, len(X))
+    options = dict(covariance_type=covariance_type, init=init, key=3, n_init=2, tol=1e-6)
+    with jax.enable_x64(True):
+        padded = jaxgmm.fit(X, 3, sample_weight=weights, **options)
+        with monkeypatch.context() as patch:
+            _unpadded(patch)
+            plain = jaxgmm.fit(X, 3, sample_weight=weights, **options)
+        assert int(padded.n_iter) == int(plain.n_iter)
+        assert int(padded.status) == int(plain.status)
+        for name in ("weights", "means", "covariances", "precisions_cholesky"):
+            np.testing.assert_allclose(
+                getattr(padded.params, name), getattr(plain.params, name), rtol=1e-9, atol=1e-12
+            )
+        np.testing.assert_allclose(padded.lower_bound, plain.lower_bound, rtol=1e-12)
+        np.testing.assert_allclose(padded.history, plain.history, rtol=1e-12)
+        np.testing.assert_allclose(
+            padded.restart_lower_bounds, plain.restart_lower_bounds, rtol=1e-12
+        )
+        assert padded.params.weights.shape == (3,)
+        np.testing.assert_allclose(
+            jaxgmm.score_samples(padded, X), jaxgmm.score_samples(plain, X), rtol=1e-10
+        )
+        # BIC/AIC count the true N and K: compare with the formula on the unpadded fit
+        n_params = jaxgmm.n_parameters(plain)
+        log_lik = float(np.sum(np.asarray(jaxgmm.score_samples(plain, X))))
+        assert float(jaxgmm.bic(padded, X)) == pytest.approx(
+            -2 * log_lik + n_params * np.log(len(X)), rel=1e-10
+        )
+        assert float(jaxgmm.aic(padded, X)) == pytest.approx(-2 * log_lik + 2 * n_params, rel=1e-10)
+
+
+def test_padded_user_init_equals_unpadded(monkeypatch):
+    X = _data(200, seed=6)
+    rng = np.random.default_rng(7)
+    means = X[rng.choice(len(X), 3, replace=False)]
+    precisions = np.stack([np.eye(3) * p for p in (1.0, 2.0, 0.5)])
+    options = dict(weights_init=[0.2, 0.3, 0.5], means_init=means, precisions_init=precisions)
+    with jax.enable_x64(True):
+        padded = jaxgmm.fit(X, 3, **options)
+        with monkeypatch.context() as patch:
+            _unpadded(patch)
+            plain = jaxgmm.fit(X, 3, **options)
+    np.testing.assert_allclose(padded.params.means, plain.params.means, rtol=1e-10)
+    assert int(padded.n_iter) == int(plain.n_iter)
+
+
+def test_inactive_components_are_never_chosen_with_zero_reg_covar():
+    """Padding components have weight exactly zero and stay finite even with reg_covar=0."""
+    X = _data(90, seed=8)
+    with jax.enable_x64(True):
+        result = jaxgmm.fit(X, 3, reg_covar=0.0, key=1)  # K = 3 runs padded to 4
+    assert result.params.weights.shape == (3,)
+    np.testing.assert_allclose(np.sum(result.params.weights), 1.0, rtol=1e-12)
+    assert np.all(np.asarray(jaxgmm.predict(result, X)) < 3)

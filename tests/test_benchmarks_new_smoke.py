@@ -27,7 +27,10 @@ def test_bench_compile_loop_quick_writes_tables(tmp_path, monkeypatch):
     path = bench.main(["--quick", "--out", str(tmp_path)])
     text = path.read_text()
     assert "## W8: a loop of fits on data sets of varying size" in text
-    assert "| process | loop (s) | ms / fit | jaxgmm programs compiled |" in text
+    assert (
+        "| process | loop (s) | ms / fit | fit programs compiled | jaxgmm programs compiled |"
+        in text
+    )
     assert "jaxgmm cold: empty cache" in text
     assert "jaxgmm warm: cache filled" in text
     assert "at most 6 compiled fit programs for the whole loop (cold)" in text

@@ -3,6 +3,7 @@
 import importlib.util as _importlib_util
 
 from jaxgmm import compilation_cache, datasets
+from jaxgmm._covariance import COVARIANCE_TYPES
 from jaxgmm._fit import fit, fit_many
 from jaxgmm._inference import (
     aic,
@@ -14,7 +15,7 @@ from jaxgmm._inference import (
     score,
     score_samples,
 )
-from jaxgmm._params import COVARIANCE_TYPES, FitResult, GaussianMixtureParams, Status
+from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 from jaxgmm.io import load, save
 
 __version__ = "0.1.0"

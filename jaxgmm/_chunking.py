@@ -7,14 +7,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxgmm._covariance import covariance_model
+
 # Target number of elements of the largest per-chunk intermediate: 2**19 float32 values
 # (2 MiB) keep a chunk in a CPU's L2/L3 yet make its matrix products large enough to
 # run on every core (measured on W1/W1d, benchmarks/README.md).
 CHUNK_ELEMENTS = 2**19
 _MIN_CHUNK = 256
-# Covariance types whose fused fitting kernels hold (C, K) and (C, D) arrays per chunk
-# rather than a (C, K, D) one (see jaxgmm._covariance).
-_ROW_SIZED_KERNELS = ("diag", "spherical")
 
 
 def chunk_size_for(
@@ -38,7 +37,7 @@ def chunk_size_for(
 
 def elements_per_row(n_components: int, n_features: int, covariance_type: str | None) -> int:
     """Values the largest per-chunk intermediate holds per data row (see chunk_size_for)."""
-    if covariance_type in _ROW_SIZED_KERNELS:
+    if covariance_type is not None and covariance_model(covariance_type).row_sized:
         return max(1, n_components + n_features)
     return max(1, n_components * n_features)
 

@@ -1,8 +1,10 @@
 """Everything that differs between covariance types, in one place per type.
 
-Each covariance type is a class of static methods with the same names, so the E-step,
-M-step, driver and API are written once and look the operations up in
-:data:`COVARIANCE_OPS`. Conventions:
+Each covariance type is a :class:`CovarianceModel`: one object holding every per-type
+fact (shapes, log-densities, statistics, the M-step's covariance, precisions,
+parameter count, which kernels it has), so the E-step, M-step, driver and API are
+written once and look the model up with :func:`covariance_model`. No other module
+compares covariance-type strings. Conventions:
 
 * ``X``: (C, D) one chunk of (centred) data; ``resp_w``: (C, K) responsibilities
   already multiplied by the sample weights.
@@ -44,13 +46,93 @@ would cost a (C, K, D) elementwise pass, several times the products' cost here.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+class CovarianceModel(Protocol):
+    """Everything that differs between covariance types.
+
+    Attributes:
+        name: the covariance type, e.g. ``"full"``.
+        per_component: one covariance per component (False: one shared by all).
+        fused: has the one-pass ``fused_chunk`` / ``fused_finish`` E-step kernel.
+        expanded: the fused kernel sums moments around zero (the data's centre), so
+            the driver checks for lost float32 precision and then takes the exact
+            difference-based pass (see :func:`jaxgmm._em.lost_precision`).
+        row_sized: the fused kernel's largest per-chunk intermediate holds K + D
+            values per row (else K * D).
+    """
+
+    name: ClassVar[str]
+    per_component: ClassVar[bool]
+    fused: ClassVar[bool]
+    expanded: ClassVar[bool]
+    row_sized: ClassVar[bool]
+
+    def shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
+        """Shape of ``covariances`` / ``precisions`` / ``precisions_cholesky``."""
+
+    def log_prob(self, X, means, precisions_cholesky) -> jax.Array:
+        """Log-density of each row under each component; (C, D) -> (C, K)."""
+
+    def shift(self, means) -> jax.Array:
+        """The point (K, D) each component's exact moments are taken around."""
+
+    def statistics(self, X, resp_w, shift) -> tuple[jax.Array, jax.Array]:
+        """(s_x (K, D), s_xx) of one chunk around ``shift``, from differences."""
+
+    def recentre(self, s_xx, s_x, n_k, delta) -> jax.Array:
+        """Second moments around ``shift - delta`` from those around ``shift``."""
+
+    def covariances(self, n_k, mean_shift, s_xx, reg_covar) -> jax.Array:
+        """The M-step's covariances from statistics."""
+
+    def mask_inactive(self, covariances, active) -> jax.Array:
+        """Covariances with inactive (padding) components set to the identity."""
+
+    def precisions_cholesky(self, covariances) -> jax.Array:
+        """Cholesky factors of the precisions (scikit-learn's convention)."""
+
+    def precisions_cholesky_from_precisions(self, precisions) -> jax.Array:
+        """Cholesky factors from precision matrices / values."""
+
+    def covariances_from_precisions_cholesky(self, precisions_cholesky) -> jax.Array:
+        """Covariances from Cholesky factors of the precisions."""
+
+    def precisions(self, precisions_cholesky) -> jax.Array:
+        """Precisions (inverse covariances), in ``covariances``' shape."""
+
+    def cholesky_diagonal(self, precisions_cholesky) -> jax.Array:
+        """The factors' diagonal entries (all positive for valid parameters)."""
+
+    def variances(self, covariances) -> jax.Array:
+        """Per-feature variances, broadcastable against (K, D) means."""
+
+    def per_feature(self, second_moment, n_features: int) -> jax.Array:
+        """A second moment (or its quotient by n_k) per feature, like :meth:`variances`."""
+
+    def n_parameters(self, n_components: int, n_features: int) -> int:
+        """Number of free covariance parameters."""
+
+    def scale_noise(self, z, labels, covariances) -> jax.Array:
+        """Standard-normal draws (M, D) scaled by each label's covariance."""
+
+    def full_matrices(
+        self, covariances: np.ndarray, n_components: int, n_features: int
+    ) -> np.ndarray:
+        """Every component's covariance as a (K, D, D) matrix (host arrays)."""
+
+    def check_precisions(self, precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
+        """Raise ValueError (naming ``name``) unless these are valid precisions in ``dtype``."""
 
 
 def _flip(a: jax.Array) -> jax.Array:
@@ -188,10 +270,139 @@ def _expanded_fused_chunk(
     )
 
 
-class Full:
+def _check_positive(values: np.ndarray, dtype: np.dtype, name: str) -> None:
+    """Raise unless every precision value is > 0, also after the cast to ``dtype``."""
+    if (values <= 0).any():
+        raise ValueError(
+            f"{name} must be strictly positive; {int((values <= 0).sum())} value(s) are <= 0."
+        )
+    if (values.astype(dtype) <= 0).any():
+        raise ValueError(
+            f"{name} has values as small as {values.min():.3g}, which are 0 in "
+            f"{dtype}; rescale the data and initial parameters."
+        )
+
+
+def _check_precision_matrices(matrices: np.ndarray, dtype: np.dtype, name: str) -> None:
+    """Raise unless every (D, D) matrix is symmetric positive definite in ``dtype``."""
+    for k, matrix in enumerate(matrices):
+        if not np.allclose(matrix, matrix.T, rtol=1e-7, atol=1e-10):
+            raise ValueError(f"{name} matrix {k} is not symmetric; pass (P + P.T) / 2.")
+        if np.linalg.eigvalsh(matrix).min() <= 0:
+            raise ValueError(
+                f"{name} matrix {k} is not positive definite; every precision matrix must "
+                f"have strictly positive eigenvalues (it is the inverse of a covariance)."
+            )
+        try:
+            np.linalg.cholesky(matrix.astype(dtype))
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                f"{name} matrix {k} is positive definite but too ill-conditioned for "
+                f"{dtype} (condition number {np.linalg.cond(matrix):.3g}); pass a "
+                f"better-conditioned matrix or fit in float64."
+            ) from None
+
+
+class _MatrixCovariance:
+    """What ``full`` and ``tied`` share: (D, D) covariance matrices."""
+
+    expanded = False
+    row_sized = False
+    precisions_cholesky = staticmethod(_inverse_transpose_cholesky)
+    precisions_cholesky_from_precisions = staticmethod(_upper_cholesky_of_precision)
+    covariances_from_precisions_cholesky = staticmethod(_covariance_from_upper)
+
+    @staticmethod
+    def precisions(precisions_cholesky: jax.Array) -> jax.Array:
+        """U @ U.T; (..., D, D) -> (..., D, D)."""
+        return precisions_cholesky @ jnp.swapaxes(precisions_cholesky, -1, -2)
+
+    @staticmethod
+    def cholesky_diagonal(precisions_cholesky: jax.Array) -> jax.Array:
+        """Diagonal of the triangular factors; (..., D, D) -> (..., D)."""
+        return jnp.diagonal(precisions_cholesky, axis1=-2, axis2=-1)
+
+    @staticmethod
+    def variances(covariances: jax.Array) -> jax.Array:
+        """Diagonal of the covariances; (..., D, D) -> (..., D)."""
+        return jnp.diagonal(covariances, axis1=-2, axis2=-1)
+
+    @staticmethod
+    def per_feature(second_moment: jax.Array, n_features: int) -> jax.Array:
+        """Diagonal of (..., D, D) second moments."""
+        return jnp.diagonal(second_moment, axis1=-2, axis2=-1)
+
+
+class _VarianceCovariance:
+    """What ``diag`` and ``spherical`` share: variances, fused kernels expanded at zero."""
+
+    fused = True
+    expanded = True
+    row_sized = True
+
+    @staticmethod
+    def precisions_cholesky(covariances):
+        """1 / sqrt(variances)."""
+        return jax.lax.rsqrt(covariances)
+
+    @staticmethod
+    def precisions_cholesky_from_precisions(precisions):
+        """sqrt(precisions)."""
+        return jnp.sqrt(precisions)
+
+    @staticmethod
+    def covariances_from_precisions_cholesky(precisions_cholesky):
+        """1 / precisions_cholesky**2."""
+        return 1.0 / precisions_cholesky**2
+
+    @staticmethod
+    def precisions(precisions_cholesky: jax.Array) -> jax.Array:
+        """precisions_cholesky**2."""
+        return precisions_cholesky**2
+
+    @staticmethod
+    def cholesky_diagonal(precisions_cholesky: jax.Array) -> jax.Array:
+        """The factors themselves (they are diagonal)."""
+        return precisions_cholesky
+
+    @staticmethod
+    def check_precisions(precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
+        """Raise unless every precision value is > 0 in ``dtype``."""
+        _check_positive(precisions, dtype, name)
+
+
+class Full(_MatrixCovariance):
     """One (D, D) covariance per component."""
 
+    name = "full"
     per_component = True
+    fused = True
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        """(K, D, D)."""
+        return (n_components, n_features, n_features)
+
+    @staticmethod
+    def recentre(s_xx, s_x, n_k, delta):
+        """Parallel-axis step: sum r (x - a + delta)(x - a + delta)^T; (K, D, D)."""
+        outer = s_x[:, :, None] * delta[:, None, :]
+        return (
+            s_xx
+            + outer
+            + jnp.swapaxes(outer, 1, 2)
+            + n_k[:, None, None] * (delta[:, :, None] * delta[:, None, :])
+        )
+
+    @staticmethod
+    def full_matrices(covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """The (K, D, D) covariances themselves."""
+        return covariances
+
+    @staticmethod
+    def check_precisions(precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
+        """Raise unless every (D, D) precision matrix is positive definite."""
+        _check_precision_matrices(precisions, dtype, name)
 
     @staticmethod
     def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
@@ -281,10 +492,6 @@ class Full:
         cov = s_xx / n_k[:, None, None] - mean_shift[:, :, None] * mean_shift[:, None, :]
         return _add_to_diagonal(cov, reg_covar)
 
-    precisions_cholesky = staticmethod(_inverse_transpose_cholesky)
-    precisions_cholesky_from_precisions = staticmethod(_upper_cholesky_of_precision)
-    covariances_from_precisions_cholesky = staticmethod(_covariance_from_upper)
-
     @staticmethod
     def n_parameters(n_components: int, n_features: int) -> int:
         """Number of free covariance parameters."""
@@ -296,10 +503,33 @@ class Full:
         return jnp.einsum("mde,me->md", jnp.linalg.cholesky(covariances)[labels], z)
 
 
-class Tied:
+class Tied(_MatrixCovariance):
     """One (D, D) covariance shared by all components."""
 
+    name = "tied"
     per_component = False
+    fused = False
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        """(D, D)."""
+        return (n_features, n_features)
+
+    @staticmethod
+    def recentre(s_xx, s_x, n_k, delta):
+        """Parallel-axis step summed over components; (D, D)."""
+        outer = s_x.T @ delta
+        return s_xx + outer + outer.T + (delta * n_k[:, None]).T @ delta
+
+    @staticmethod
+    def full_matrices(covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """The shared covariance repeated K times; (K, D, D)."""
+        return np.broadcast_to(covariances, (n_components,) + covariances.shape).copy()
+
+    @staticmethod
+    def check_precisions(precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
+        """Raise unless the shared precision matrix is positive definite."""
+        _check_precision_matrices(precisions[None], dtype, name)
 
     @staticmethod
     def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
@@ -333,10 +563,6 @@ class Tied:
         between = jnp.einsum("k,kd,ke->de", n_k, mean_shift, mean_shift)
         return _add_to_diagonal((s_xx - between) / jnp.sum(n_k), reg_covar)
 
-    precisions_cholesky = staticmethod(_inverse_transpose_cholesky)
-    precisions_cholesky_from_precisions = staticmethod(_upper_cholesky_of_precision)
-    covariances_from_precisions_cholesky = staticmethod(_covariance_from_upper)
-
     @staticmethod
     def n_parameters(n_components: int, n_features: int) -> int:
         """Number of free covariance parameters."""
@@ -348,10 +574,36 @@ class Tied:
         return z @ jnp.linalg.cholesky(covariances).T
 
 
-class Diag:
+class Diag(_VarianceCovariance):
     """One diagonal covariance (a variance per dimension) per component."""
 
+    name = "diag"
     per_component = True
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        """(K, D)."""
+        return (n_components, n_features)
+
+    @staticmethod
+    def recentre(s_xx, s_x, n_k, delta):
+        """Parallel-axis step per feature; (K, D)."""
+        return s_xx + 2.0 * s_x * delta + n_k[:, None] * delta * delta
+
+    @staticmethod
+    def variances(covariances: jax.Array) -> jax.Array:
+        """The (K, D) variances themselves."""
+        return covariances
+
+    @staticmethod
+    def per_feature(second_moment: jax.Array, n_features: int) -> jax.Array:
+        """The (K, D) second moments themselves."""
+        return second_moment
+
+    @staticmethod
+    def full_matrices(covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """Diagonal matrices; (K, D) -> (K, D, D)."""
+        return covariances[:, :, None] * np.eye(n_features)
 
     @staticmethod
     def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
@@ -422,21 +674,6 @@ class Diag:
         return jnp.maximum(s_xx / n_k[:, None] - mean_shift**2, 0.0) + reg_covar
 
     @staticmethod
-    def precisions_cholesky(covariances):
-        """1 / sqrt(variances); (K, D) -> (K, D)."""
-        return jax.lax.rsqrt(covariances)
-
-    @staticmethod
-    def precisions_cholesky_from_precisions(precisions):
-        """sqrt(precisions); (K, D) -> (K, D)."""
-        return jnp.sqrt(precisions)
-
-    @staticmethod
-    def covariances_from_precisions_cholesky(precisions_cholesky):
-        """1 / precisions_cholesky**2; (K, D) -> (K, D)."""
-        return 1.0 / precisions_cholesky**2
-
-    @staticmethod
     def n_parameters(n_components: int, n_features: int) -> int:
         """Number of free covariance parameters."""
         return n_components * n_features
@@ -447,10 +684,36 @@ class Diag:
         return z * jnp.sqrt(covariances[labels])
 
 
-class Spherical:
+class Spherical(_VarianceCovariance):
     """One variance per component, the same in every dimension."""
 
+    name = "spherical"
     per_component = True
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        """(K,)."""
+        return (n_components,)
+
+    @staticmethod
+    def recentre(s_xx, s_x, n_k, delta):
+        """Parallel-axis step summed over features; (K,)."""
+        return s_xx + jnp.sum(2.0 * s_x * delta + n_k[:, None] * delta * delta, axis=1)
+
+    @staticmethod
+    def variances(covariances: jax.Array) -> jax.Array:
+        """(K,) variances as (K, 1), broadcastable against (K, D)."""
+        return covariances[:, None]
+
+    @staticmethod
+    def per_feature(second_moment: jax.Array, n_features: int) -> jax.Array:
+        """Summed squared norms (K,) as a per-feature mean, (K, 1)."""
+        return (second_moment / n_features)[:, None]
+
+    @staticmethod
+    def full_matrices(covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """Multiples of the identity; (K,) -> (K, D, D)."""
+        return covariances[:, None, None] * np.eye(n_features)
 
     @staticmethod
     def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
@@ -513,10 +776,6 @@ class Spherical:
         var = (s_xx / n_k - jnp.sum(mean_shift**2, axis=1)) / n_features
         return jnp.maximum(var, 0.0) + reg_covar
 
-    precisions_cholesky = Diag.precisions_cholesky
-    precisions_cholesky_from_precisions = Diag.precisions_cholesky_from_precisions
-    covariances_from_precisions_cholesky = Diag.covariances_from_precisions_cholesky
-
     @staticmethod
     def n_parameters(n_components: int, n_features: int) -> int:
         """Number of free covariance parameters."""
@@ -528,4 +787,16 @@ class Spherical:
         return z * jnp.sqrt(covariances[labels])[:, None]
 
 
-COVARIANCE_OPS = {"full": Full, "tied": Tied, "diag": Diag, "spherical": Spherical}
+_MODELS: dict[str, CovarianceModel] = {
+    model.name: model for model in (Full(), Tied(), Diag(), Spherical())
+}
+
+
+def covariance_model(covariance_type: str) -> CovarianceModel:
+    """The :class:`CovarianceModel` of ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``."""
+    try:
+        return _MODELS[covariance_type]
+    except KeyError:
+        raise ValueError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}."
+        ) from None

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from jaxgmm._batching import cond_any, map_in_groups
 from jaxgmm._chunking import elements_per_row, split_rows
-from jaxgmm._covariance import COVARIANCE_OPS
+from jaxgmm._covariance import covariance_model
 from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
 from jaxgmm._fit_progress import report_iteration
 from jaxgmm._init import initial_params
@@ -71,7 +71,8 @@ def run_em(
 
     def em_iteration(state: EMState) -> EMState:
         covariance_type = state.params.covariance_type
-        if covariance_type in ("diag", "spherical"):
+        expanded = covariance_model(covariance_type).expanded
+        if expanded:
             # The fused kernels expand (x - mu)^2 around the data's centre; tight
             # components far from it (float32) take the exact difference-based pass.
             # (cond_any: under vmap only the restarts that need it pay for it.)
@@ -87,7 +88,7 @@ def run_em(
             stats = e_step(X_chunks, weight_chunks, state.params)
         lower_bound = stats.log_lik_sum / stats.n
         new_params = m_step(stats, reg_covar, covariance_type, active)
-        if covariance_type in ("diag", "spherical"):
+        if expanded:
             # Fused moments are summed around zero; redo them exactly around the new
             # means when that cancelled away a variance (float32, tight far components).
             new_params = cond_any(
@@ -162,7 +163,7 @@ def _apply_user_init(
     params: GaussianMixtureParams, weights_init, means_init, precisions_init
 ) -> GaussianMixtureParams:
     """Replace initial weights / means / precisions by the user's (scikit-learn's rule)."""
-    ops = COVARIANCE_OPS[params.covariance_type]
+    ops = covariance_model(params.covariance_type)
     if weights_init is not None:
         params = dataclasses.replace(params, weights=weights_init)
     if means_init is not None:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxgmm import compilation_cache as _compilation_cache  # noqa: F401 (JAXGMM_COMPILATION_CACHE)
 from jaxgmm._chunking import chunked_sum
-from jaxgmm._covariance import COVARIANCE_OPS
+from jaxgmm._covariance import covariance_model
 from jaxgmm._params import GaussianMixtureParams
 
 
@@ -36,7 +36,7 @@ class Stats(NamedTuple):
 
 def weighted_log_prob(X: jax.Array, params: GaussianMixtureParams) -> jax.Array:
     """log(weight_k) + log N(x | mean_k, cov_k) for each point and component; -> (N, K)."""
-    ops = COVARIANCE_OPS[params.covariance_type]
+    ops = covariance_model(params.covariance_type)
     return ops.log_prob(X, params.means, params.precisions_cholesky) + jnp.log(params.weights)
 
 
@@ -65,7 +65,7 @@ def statistics_from_resp(
         is the same for every chunk and is attached after summing).
     """
     resp_w = resp * sample_weight[:, None]
-    s_x, s_xx = COVARIANCE_OPS[covariance_type].statistics(X, resp_w, shift)
+    s_x, s_xx = covariance_model(covariance_type).statistics(X, resp_w, shift)
     zero = jnp.zeros((), X.dtype)
     return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(sample_weight))
 
@@ -85,9 +85,9 @@ def e_step(X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtur
     Returns:
         :class:`Stats` summed over every point.
     """
-    ops = COVARIANCE_OPS[params.covariance_type]
+    ops = covariance_model(params.covariance_type)
     log_weights = jnp.log(params.weights)
-    if hasattr(ops, "fused_chunk"):
+    if ops.fused:
 
         def fused(X, sample_weight):
             return ops.fused_chunk(
@@ -144,9 +144,7 @@ def needs_exact_e_step(params: GaussianMixtureParams) -> jax.Array:
     Returns:
         () bool.
     """
-    variance = params.covariances
-    if params.covariance_type == "spherical":
-        variance = variance[:, None]
+    variance = covariance_model(params.covariance_type).variances(params.covariances)
     eps = jnp.finfo(variance.dtype).eps
     return jnp.any(variance < 1e3 * eps * params.means**2)
 
@@ -167,11 +165,11 @@ def lost_precision(stats: Stats, params: GaussianMixtureParams, reg_covar: jax.A
     Returns:
         () bool.
     """
+    model = covariance_model(params.covariance_type)
     n_k = stats.n_k + 10 * jnp.finfo(stats.n_k.dtype).eps
     second_moment = stats.s_xx / n_k.reshape(n_k.shape + (1,) * (stats.s_xx.ndim - 1))
-    if params.covariance_type == "spherical":
-        second_moment = second_moment / params.n_features
-    variance = params.covariances - reg_covar
+    second_moment = model.per_feature(second_moment, params.n_features)
+    variance = model.variances(params.covariances - reg_covar)
     eps = jnp.finfo(variance.dtype).eps
     return jnp.any(variance < 1e3 * eps * second_moment)
 
@@ -195,7 +193,7 @@ def m_step(
     Returns:
         The updated :class:`GaussianMixtureParams`.
     """
-    ops = COVARIANCE_OPS[covariance_type]
+    ops = covariance_model(covariance_type)
     n_k = stats.n_k + 10 * jnp.finfo(stats.n_k.dtype).eps
     if active is not None:
         n_k = jnp.where(active, n_k, 0.0)

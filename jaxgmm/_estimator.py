@@ -26,13 +26,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from jaxgmm._covariance import COVARIANCE_TYPES
 from jaxgmm._fit import fit as _fit
 from jaxgmm._inference import evaluate_checked as _evaluate_checked
 from jaxgmm._inference import n_parameters as _n_parameters
 from jaxgmm._inference import sample as _sample
 from jaxgmm._inference import score as _score
 from jaxgmm._init import INIT_METHODS
-from jaxgmm._params import COVARIANCE_TYPES, FitResult, GaussianMixtureParams
+from jaxgmm._params import FitResult, GaussianMixtureParams
 from jaxgmm._validation import check_params as _check_params
 from jaxgmm._validation import check_sample_weight as _check_sample_weight
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxgmm._buckets import component_bucket, first_rows, history_length, row_layout
 from jaxgmm._chunking import chunk_size_for
-from jaxgmm._covariance import COVARIANCE_OPS
+from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
 from jaxgmm._keys import as_key
@@ -115,7 +115,7 @@ def _pad_components(inits: tuple, covariance_type: str, n_components: int, n_pad
         weights_init = jnp.pad(weights_init, (0, pad))
     if means_init is not None:
         means_init = jnp.pad(means_init, ((0, pad), (0, 0)))
-    if precisions_init is not None and COVARIANCE_OPS[covariance_type].per_component:
+    if precisions_init is not None and covariance_model(covariance_type).per_component:
         eye = jnp.ones_like(precisions_init[:1])
         if precisions_init.ndim == 3:
             eye = jnp.eye(precisions_init.shape[-1], dtype=precisions_init.dtype)[None]

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxgmm._buckets import first_rows, row_layout
 from jaxgmm._chunking import chunk_size_for, chunked_map
-from jaxgmm._covariance import COVARIANCE_OPS
+from jaxgmm._covariance import covariance_model
 from jaxgmm._em import log_resp_and_norm
 from jaxgmm._keys import as_key
 from jaxgmm._params import GaussianMixtureParams
@@ -164,7 +164,7 @@ def n_parameters(params) -> int:
     """Number of free parameters of the mixture (for BIC/AIC)."""
     params = _as_params(params)
     k, d = params.n_components, params.n_features
-    cov = COVARIANCE_OPS[params.covariance_type].n_parameters(k, d)
+    cov = covariance_model(params.covariance_type).n_parameters(k, d)
     return int(cov + k * d + k - 1)
 
 
@@ -188,7 +188,7 @@ def _sample(params: GaussianMixtureParams, key: jax.Array, n_samples: int):
     log_weights = jnp.log(params.weights)
     labels = jnp.sort(jax.random.categorical(label_key, log_weights, shape=(n_samples,)))
     z = jax.random.normal(noise_key, (n_samples, params.n_features), params.means.dtype)
-    noise = COVARIANCE_OPS[params.covariance_type].scale_noise(z, labels, params.covariances)
+    noise = covariance_model(params.covariance_type).scale_noise(z, labels, params.covariances)
     return params.means[labels] + noise, labels
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._chunking import chunked_sum
-from jaxgmm._covariance import COVARIANCE_OPS, SMALL_FEATURES, _dot_chunk
+from jaxgmm._covariance import SMALL_FEATURES, _dot_chunk, covariance_model
 from jaxgmm._em import Stats, m_step
 from jaxgmm._loops import compacting_while_loop
 from jaxgmm._params import GaussianMixtureParams
@@ -163,7 +163,7 @@ def _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, shift, covariance_type
 
     def chunk_stats(X, w, rows):
         resp_w = resp_fn(X, rows).astype(X.dtype) * w[:, None]
-        s_x, s_xx = COVARIANCE_OPS[covariance_type].statistics(X, resp_w, shift)
+        s_x, s_xx = covariance_model(covariance_type).statistics(X, resp_w, shift)
         zero = jnp.zeros((), X.dtype)
         return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(w))
 

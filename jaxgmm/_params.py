@@ -6,12 +6,9 @@ import dataclasses
 import enum
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxgmm._covariance import COVARIANCE_OPS
-
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+from jaxgmm._covariance import covariance_model
 
 
 @jax.tree_util.register_dataclass
@@ -54,10 +51,7 @@ class GaussianMixtureParams:
     @property
     def precisions(self) -> jax.Array:
         """Precision matrices (inverse covariances), in ``covariances``' shape."""
-        u = self.precisions_cholesky
-        if self.covariance_type in ("full", "tied"):
-            return u @ jnp.swapaxes(u, -1, -2)
-        return u**2
+        return covariance_model(self.covariance_type).precisions(self.precisions_cholesky)
 
 
 class Status(enum.IntEnum):
@@ -109,7 +103,7 @@ def first_components(params: GaussianMixtureParams, n_components: int) -> Gaussi
     """
     if params.n_components == n_components:
         return params
-    per_component = COVARIANCE_OPS[params.covariance_type].per_component
+    per_component = covariance_model(params.covariance_type).per_component
     keep = slice(None, n_components) if per_component else slice(None)
     traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(params))
 

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._covariance import COVARIANCE_TYPES, covariance_model
 from jaxgmm._init import INIT_METHODS
-from jaxgmm._params import COVARIANCE_TYPES, FitResult, GaussianMixtureParams
+from jaxgmm._params import FitResult, GaussianMixtureParams
 
 # Fitted means resolve a feature only to np.spacing(|centre|) in the compute dtype; warn
 # when that is coarser than this fraction of the feature's half-range.
@@ -451,12 +452,7 @@ def check_sample_weight(sample_weight, n_samples: int, dtype, n_components: int)
 
 def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
     """Shape of ``covariances``/``precisions`` for a covariance type."""
-    return {
-        "full": (n_components, n_features, n_features),
-        "tied": (n_features, n_features),
-        "diag": (n_components, n_features),
-        "spherical": (n_components,),
-    }[covariance_type]
+    return covariance_model(covariance_type).shape(n_components, n_features)
 
 
 def _as_checked_array(value, name: str, shape: tuple, dtype):
@@ -530,44 +526,12 @@ def check_initial_params(
         shape = covariance_shape(covariance_type, n_components, n_features)
         p = _as_checked_array(precisions_init, f"precisions_init ({covariance_type})", shape, dtype)
         if not is_traced(p):
-            _check_precisions(p, covariance_type, np.dtype(dtype))
+            name = f"precisions_init ({covariance_type})"
+            covariance_model(covariance_type).check_precisions(p, np.dtype(dtype), name)
         out.append(p)
     else:
         out.append(None)
     return tuple(None if v is None else jnp.asarray(v, dtype) for v in out)
-
-
-def _check_precisions(precisions: np.ndarray, covariance_type: str, dtype: np.dtype) -> None:
-    name = f"precisions_init ({covariance_type})"
-    if covariance_type in ("diag", "spherical"):
-        if (precisions <= 0).any():
-            raise ValueError(
-                f"{name} must be strictly positive; {int((precisions <= 0).sum())} value(s) "
-                f"are <= 0."
-            )
-        if (precisions.astype(dtype) <= 0).any():
-            raise ValueError(
-                f"{name} has values as small as {precisions.min():.3g}, which are 0 in "
-                f"{dtype}; rescale the data and initial parameters."
-            )
-        return
-    matrices = precisions[None] if covariance_type == "tied" else precisions
-    for k, matrix in enumerate(matrices):
-        if not np.allclose(matrix, matrix.T, rtol=1e-7, atol=1e-10):
-            raise ValueError(f"{name} matrix {k} is not symmetric; pass (P + P.T) / 2.")
-        if np.linalg.eigvalsh(matrix).min() <= 0:
-            raise ValueError(
-                f"{name} matrix {k} is not positive definite; every precision matrix must "
-                f"have strictly positive eigenvalues (it is the inverse of a covariance)."
-            )
-        try:
-            np.linalg.cholesky(matrix.astype(dtype))
-        except np.linalg.LinAlgError:
-            raise ValueError(
-                f"{name} matrix {k} is positive definite but too ill-conditioned for "
-                f"{dtype} (condition number {np.linalg.cond(matrix):.3g}); pass a "
-                f"better-conditioned matrix or fit in float64."
-            ) from None
 
 
 # ------------------------------------------------------------------ fitted params
@@ -578,9 +542,7 @@ def _params_summary(params: GaussianMixtureParams):
     """(all finite, min weight, weight sum, min precision-Cholesky diagonal)."""
     leaves = jax.tree_util.tree_leaves(params)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-    chol = params.precisions_cholesky
-    if params.covariance_type in ("full", "tied"):
-        chol = jnp.diagonal(chol, axis1=-2, axis2=-1)
+    chol = covariance_model(params.covariance_type).cholesky_diagonal(params.precisions_cholesky)
     return finite, jnp.min(params.weights), jnp.sum(params.weights), jnp.min(chol)
 
 

@@ -142,8 +142,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_fit_options(parser: argparse.ArgumentParser, *, default_restarts: int = 1) -> None:
+    from jaxgmm._covariance import COVARIANCE_TYPES
     from jaxgmm._init import INIT_METHODS
-    from jaxgmm._params import COVARIANCE_TYPES
 
     group = parser.add_argument_group("fitting")
     group.add_argument(

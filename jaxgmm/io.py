@@ -112,7 +112,7 @@ def save(path: str | os.PathLike, model, *, metadata: dict[str, Any] | None = No
         The path written.
     """
     from jaxgmm import __version__
-    from jaxgmm._params import COVARIANCE_TYPES
+    from jaxgmm._covariance import COVARIANCE_TYPES
 
     arrays, covariance_type, fit = _unpack(model)
     if covariance_type not in COVARIANCE_TYPES:
@@ -205,7 +205,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
 
 
 def _check(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    from jaxgmm._params import COVARIANCE_TYPES
+    from jaxgmm._covariance import COVARIANCE_TYPES
     from jaxgmm._validation import covariance_shape
 
     bad = f"{str(path)!r} is corrupt:"

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxgmm._covariance import covariance_model
+
 __all__ = [
     "PLOT_INSTALL_HINT",
     "require_matplotlib",
@@ -79,14 +81,8 @@ def full_covariances(params) -> np.ndarray:
     """
     params = _params(params)
     cov = np.asarray(params.covariances, dtype=np.float64)
-    k, d = params.n_components, params.n_features
-    if params.covariance_type == "full":
-        return cov
-    if params.covariance_type == "tied":
-        return np.broadcast_to(cov, (k, d, d)).copy()
-    if params.covariance_type == "diag":
-        return cov[:, :, None] * np.eye(d)
-    return cov[:, None, None] * np.eye(d)
+    model = covariance_model(params.covariance_type)
+    return model.full_matrices(cov, params.n_components, params.n_features)
 
 
 def _principal_axes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

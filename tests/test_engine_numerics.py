@@ -8,13 +8,13 @@ import pytest
 
 import jaxgmm
 from jaxgmm._chunking import chunked_sum, split_rows
-from jaxgmm._covariance import COVARIANCE_OPS
+from jaxgmm._covariance import covariance_model
 from jaxgmm._em import e_step, log_resp_and_norm, m_step, statistics_from_resp
 
 
 def _generic_e_step(X_chunks, weight_chunks, params):
     """The unfused E-step: log_prob, responsibilities, then statistics."""
-    ops = COVARIANCE_OPS[params.covariance_type]
+    ops = covariance_model(params.covariance_type)
     shift = ops.shift(params.means)
 
     def chunk_stats(X, w):

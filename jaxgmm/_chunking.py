@@ -42,53 +42,12 @@ def elements_per_row(n_components: int, n_features: int, covariance_type: str | 
     return max(1, n_components * n_features)
 
 
-def split_rows(
-    X: jax.Array, sample_weight: jax.Array, chunk_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """Pad with zero-weight rows and reshape into chunks.
-
-    Args:
-        X: (N, D) data.
-        sample_weight: (N,) non-negative weights.
-        chunk_size: rows per chunk C.
-
-    Returns:
-        X_chunks: (N_chunks, C, D) and weight_chunks: (N_chunks, C); padded rows are
-        zero with weight zero, so they add nothing to any weighted sum.
-    """
+def _pad_and_split(X: jax.Array, chunk_size: int) -> jax.Array:
+    """Pad (N, D) rows with zero rows and reshape into (N_chunks, C, D) chunks."""
     n_samples, n_features = X.shape
     n_chunks = -(-n_samples // chunk_size)
-    pad = n_chunks * chunk_size - n_samples
-    if pad:
-        X = jnp.pad(X, ((0, pad), (0, 0)))
-        sample_weight = jnp.pad(sample_weight, (0, pad))
-    return (
-        X.reshape(n_chunks, chunk_size, n_features),
-        sample_weight.reshape(n_chunks, chunk_size),
-    )
-
-
-def chunked_sum(fn: Callable, *chunks: jax.Array):
-    """Sum the pytree ``fn(*chunk_slices)`` over all chunks with ``lax.scan``.
-
-    Args:
-        fn: maps one slice of each array, e.g. (C, D) rows and (C,) weights, to a
-            pytree of arrays.
-        *chunks: arrays with the chunk index first, e.g. (N_chunks, C, D), (N_chunks, C).
-
-    Returns:
-        The pytree summed over chunks.
-    """
-    if chunks[0].shape[0] == 1:
-        return fn(*(c[0] for c in chunks))
-    shapes = jax.eval_shape(fn, *(c[0] for c in chunks))
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    def add_chunk(total, chunk):
-        return jax.tree_util.tree_map(jnp.add, total, fn(*chunk)), None
-
-    total, _ = jax.lax.scan(add_chunk, zeros, chunks)
-    return total
+    X = jnp.pad(X, ((0, n_chunks * chunk_size - n_samples), (0, 0)))
+    return X.reshape(n_chunks, chunk_size, n_features)
 
 
 def chunked_map(fn: Callable, X: jax.Array, chunk_size: int):
@@ -96,6 +55,5 @@ def chunked_map(fn: Callable, X: jax.Array, chunk_size: int):
     n_samples = X.shape[0]
     if n_samples <= chunk_size:
         return fn(X)
-    X_chunks, _ = split_rows(X, jnp.zeros(n_samples, X.dtype), chunk_size)
-    out = jax.lax.map(fn, X_chunks)
+    out = jax.lax.map(fn, _pad_and_split(X, chunk_size))
     return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:])[:n_samples], out)

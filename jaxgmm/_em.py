@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
 from jaxgmm import compilation_cache as _compilation_cache  # noqa: F401 (JAXGMM_COMPILATION_CACHE)
-from jaxgmm._chunking import chunked_sum
 from jaxgmm._covariance import covariance_model
 from jaxgmm._params import GaussianMixtureParams
-
-
-class Stats(NamedTuple):
-    """Per-component sufficient statistics summed over (weighted) points.
-
-    Attributes:
-        n_k: (K,) summed responsibilities.
-        s_x: (K, D) summed responsibility-weighted ``x - shift``.
-        s_xx: second moments around ``shift``; (K, D, D) full, (D, D) tied,
-            (K, D) diag, (K,) spherical.
-        shift: (K, D) the point each component's moments are taken around.
-        log_lik_sum: () summed weighted log-likelihood of the points.
-        n: () summed sample weights.
-    """
-
-    n_k: jax.Array
-    s_x: jax.Array
-    s_xx: jax.Array
-    shift: jax.Array
-    log_lik_sum: jax.Array
-    n: jax.Array
+from jaxgmm._rows import IN_MEMORY, Rows
+from jaxgmm._stats import Stats, chunk_stats
 
 
 def weighted_log_prob(X: jax.Array, params: GaussianMixtureParams) -> jax.Array:
@@ -47,64 +25,41 @@ def log_resp_and_norm(X: jax.Array, params: GaussianMixtureParams):
     return wlp - log_norm[:, None], log_norm
 
 
-def statistics_from_resp(
-    X: jax.Array,
-    resp: jax.Array,
-    sample_weight: jax.Array,
-    shift: jax.Array,
-    covariance_type: str,
-) -> Stats:
-    """Sufficient statistics of one chunk for given responsibilities.
+def e_step(rows: Rows, params: GaussianMixtureParams, reducer=IN_MEMORY) -> Stats:
+    """E-step over all rows: summed sufficient statistics and log-likelihood.
 
-    Args:
-        X: (C, D) rows; resp: (C, K) responsibilities; sample_weight: (C,);
-        shift: (K, D) the point each component's moments are taken around.
-
-    Returns:
-        :class:`Stats` of the chunk with ``log_lik_sum`` zero and ``shift`` None (it
-        is the same for every chunk and is attached after summing).
-    """
-    resp_w = resp * sample_weight[:, None]
-    s_x, s_xx = covariance_model(covariance_type).statistics(X, resp_w, shift)
-    zero = jnp.zeros((), X.dtype)
-    return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(sample_weight))
-
-
-def e_step(X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtureParams) -> Stats:
-    """E-step over all chunks: summed sufficient statistics and log-likelihood.
-
-    Covariance types with a fused kernel (``full``, ``diag``, ``spherical``) compute
+    Covariance models with a fused kernel (``full``, ``diag``, ``spherical``) compute
     log-densities, responsibilities and moments of a chunk in one pass of two matrix
-    products (see :mod:`jaxgmm._covariance`); ``tied`` uses the generic
+    products (see :mod:`jaxgmm._covariance`); the others use the generic
     ``log_prob`` / ``statistics`` pair.
 
     Args:
-        X_chunks: (N_chunks, C, D) data; weight_chunks: (N_chunks, C) sample weights.
+        rows: the data (:class:`~jaxgmm._rows.Rows`, chunks of (C, D)).
         params: current parameters.
+        reducer: where the rows live (:mod:`jaxgmm._rows`).
 
     Returns:
-        :class:`Stats` summed over every point.
+        :class:`Stats` summed over every row.
     """
-    ops = covariance_model(params.covariance_type)
+    model = covariance_model(params.covariance_type)
+    if not model.fused:
+        return exact_e_step(rows, params, model.shift(params.means), reducer)
     log_weights = jnp.log(params.weights)
-    if ops.fused:
 
-        def fused(X, sample_weight):
-            return ops.fused_chunk(
-                X, sample_weight, params.means, params.precisions_cholesky, log_weights
-            )
-
-        partials = chunked_sum(fused, X_chunks, weight_chunks)
-        n_k, shift, s_x, s_xx = ops.fused_finish(
-            partials.moments, params.means, params.precisions_cholesky
+    def fused(X, sample_weight, index):
+        return model.fused_chunk(
+            X, sample_weight, params.means, params.precisions_cholesky, log_weights
         )
-        return Stats(n_k, s_x, s_xx, shift, partials.log_lik_sum, partials.n)
 
-    return exact_e_step(X_chunks, weight_chunks, params, ops.shift(params.means))
+    partials = reducer.sum(fused, rows)
+    n_k, shift, s_x, s_xx = model.fused_finish(
+        partials.moments, params.means, params.precisions_cholesky
+    )
+    return Stats(n_k, s_x, s_xx, shift, partials.log_lik_sum, partials.n, params.covariance_type)
 
 
 def exact_e_step(
-    X_chunks: jax.Array, weight_chunks: jax.Array, params: GaussianMixtureParams, shift: jax.Array
+    rows: Rows, params: GaussianMixtureParams, shift: jax.Array, reducer=IN_MEMORY
 ) -> Stats:
     """E-step with moments taken around ``shift`` (K, D) from explicit differences.
 
@@ -113,23 +68,22 @@ def exact_e_step(
     component sits from the data's centre.
 
     Args:
-        X_chunks: (N_chunks, C, D) data; weight_chunks: (N_chunks, C) sample weights.
-        params: current parameters; shift: (K, D), e.g. the current or new means.
+        rows: the data; params: current parameters; shift: (K, D), e.g. the current
+            or new means; reducer: where the rows live.
 
     Returns:
-        :class:`Stats` summed over every point, around ``shift``.
+        :class:`Stats` summed over every row, around ``shift``.
     """
 
-    def chunk_stats(X, sample_weight):
+    def one_chunk(X, sample_weight, index):
         log_resp, log_norm = log_resp_and_norm(X, params)
-        stats = statistics_from_resp(
-            X, jnp.exp(log_resp), sample_weight, shift, params.covariance_type
-        )
         # Zero-weight rows (padding) never contribute, even if their density is extreme.
         log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
-        return stats._replace(log_lik_sum=log_lik)
+        return chunk_stats(
+            X, jnp.exp(log_resp), sample_weight, shift, params.covariance_type, log_lik
+        )
 
-    return chunked_sum(chunk_stats, X_chunks, weight_chunks)._replace(shift=shift)
+    return reducer.sum(one_chunk, rows)
 
 
 def needs_exact_e_step(params: GaussianMixtureParams) -> jax.Array:

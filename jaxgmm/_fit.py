@@ -86,6 +86,7 @@ def _static_options(
         "init": init,
         "chunk_size": chunk_size,
         "report_progress": bool(progress),
+        "sharding": None,
     }
 
 
@@ -213,6 +214,7 @@ def fit(
     traced = is_traced(X) or is_traced(sample_weight)
     if traced:
         chunk = min(max_chunk, n_samples)
+        X, sample_weight = _pad_rows(X, sample_weight, -(-n_samples // chunk) * chunk)
     else:
         n_padded = component_bucket(n_components)
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
@@ -223,6 +225,7 @@ def fit(
         result = fit_compiled(
             X,
             sample_weight,
+            np.arange(X.shape[0], dtype=np.int32),
             as_key(key),
             jnp.asarray(tol, X.dtype),
             jnp.asarray(reg_covar, X.dtype),

@@ -16,11 +16,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxgmm._chunking import chunked_sum
-from jaxgmm._covariance import SMALL_FEATURES, _dot_chunk, covariance_model
-from jaxgmm._em import Stats, m_step
+from jaxgmm._covariance import SMALL_FEATURES, _dot_chunk
+from jaxgmm._em import m_step
 from jaxgmm._loops import compacting_while_loop
 from jaxgmm._params import GaussianMixtureParams
+from jaxgmm._rows import IN_MEMORY, Rows
+from jaxgmm._stats import chunk_stats
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 _LLOYD_MAX_ITER = 300
@@ -43,60 +44,116 @@ def _n_local_trials(n_clusters) -> jax.Array:
     return 2 + jnp.floor(jnp.log(jnp.asarray(n_clusters, jnp.float32))).astype(jnp.int32)
 
 
-def kmeans_plusplus_indices(
+def _last_positive(values: jax.Array) -> jax.Array:
+    """Index of the last entry > 0 (0 if none); (M,) -> () int."""
+    positions = jnp.arange(values.shape[0], dtype=jnp.int32)
+    return jnp.max(jnp.where(values > 0, positions, 0))
+
+
+def draw_rows(key, potential, n_draws: int, X, index, reducer=IN_MEMORY):
+    """Rows drawn with probability proportional to ``potential``, over every shard.
+
+    Inverse-CDF sampling: one uniform number per draw picks a shard by the shards'
+    totals, then a row within it by the shard's cumulative sum; rows of zero potential
+    are never drawn. Only the totals and the drawn rows cross devices.
+
+    Args:
+        key: PRNG key; potential: (N,) non-negative, positive somewhere;
+        n_draws: T (static); X: (N, D) this shard's rows; index: (N,) their positions.
+        reducer: where the rows live.
+
+    Returns:
+        rows: (T, D) and their positions: (T,) int32.
+    """
+    totals = reducer.all_gather(jnp.sum(potential))
+    bounds = jnp.cumsum(totals)
+    u = jax.random.uniform(key, (n_draws,), potential.dtype) * bounds[-1]
+    shard = jnp.minimum(jnp.searchsorted(bounds, u, side="right"), _last_positive(totals))
+    me = reducer.shard_index()
+    local_u = u - (bounds[me] - totals[me])
+    position = jnp.searchsorted(jnp.cumsum(potential), local_u, side="right")
+    position = jnp.minimum(position, _last_positive(potential))
+    mine = shard == me
+    rows = reducer.all_reduce(jnp.where(mine[:, None], X[position], 0.0))
+    return rows, reducer.all_reduce(jnp.where(mine, index[position], 0))
+
+
+def kmeans_plusplus(
     key: jax.Array,
-    X: jax.Array,
-    sample_weight: jax.Array,
+    rows: Rows,
     n_clusters: int,
     n_active: jax.Array | int | None = None,
-) -> jax.Array:
+    reducer=IN_MEMORY,
+) -> tuple[jax.Array, jax.Array]:
     """Greedy k-means++ seeding (2 + log K local trials per seed, as scikit-learn).
 
-    Every draw comes from its own key (seed i, trial t: ``fold_in(fold_in(key, i), t)``)
-    and inverse-CDF sampling over the weights, so neither zero-weight padding rows nor
-    inactive padding seeds change the seeds that are chosen.
+    Every draw comes from its own key (seed i: ``fold_in(key, i)``) and inverse-CDF
+    sampling over the weights (:func:`draw_rows`), so neither zero-weight padding rows
+    nor inactive padding seeds change the seeds that are chosen.
 
     Args:
         key: PRNG key.
-        X: (N, D) rows; sample_weight: (N,) weights, rows with weight 0 never chosen.
+        rows: the data; rows with weight 0 are never chosen.
         n_clusters: K (static), the number of seeds returned.
         n_active: None (all K), or the number of seeds actually drawn (traced);
-            seeds after it are row 0, to be ignored.
+            seeds after it repeat the first one, to be ignored.
+        reducer: where the rows live.
 
     Returns:
-        (K,) row indices of the seeds.
+        centers: (K, D) the seed rows and their positions: (K,) int32.
     """
+    X, w, index = rows.flat()
     n_active = n_clusters if n_active is None else n_active
     max_trials = 2 + int(math.log(n_clusters))
     n_trials = _n_local_trials(n_active)
-    first = jax.random.choice(
-        jax.random.fold_in(key, 0), X.shape[0], p=sample_weight / jnp.sum(sample_weight)
-    )
-    closest = jnp.sum((X - X[first]) ** 2, axis=1)
+    first, first_index = draw_rows(jax.random.fold_in(key, 0), w, 1, X, index, reducer)
+    closest = jnp.sum((X - first) ** 2, axis=1)
 
     def add_seed(i, carry):
-        indices, closest = carry
-        potential = sample_weight * closest
-        total = jnp.sum(potential)
+        centers, indices, closest = carry
+        potential = w * closest
         # All remaining mass on existing seeds (duplicated points): fall back to weights.
-        p = jnp.where(
-            total > 0,
-            potential / jnp.where(total > 0, total, 1.0),
-            sample_weight / jnp.sum(sample_weight),
+        potential = jnp.where(reducer.all_reduce(jnp.sum(potential)) > 0, potential, w)
+        candidates, candidate_index = draw_rows(
+            jax.random.fold_in(key, i), potential, max_trials, X, index, reducer
         )
-        candidates = jax.random.choice(
-            jax.random.fold_in(key, i), X.shape[0], shape=(max_trials,), p=p
+        new_closest = jnp.minimum(closest[:, None], _squared_distances(X, candidates))
+        cost = reducer.all_reduce(jnp.sum(w[:, None] * new_closest, axis=0))
+        trials = jnp.arange(max_trials, dtype=jnp.int32)
+        best = jnp.argmin(jnp.where(trials < n_trials, cost, jnp.inf))
+        return (
+            centers.at[i].set(candidates[best]),
+            indices.at[i].set(candidate_index[best]),
+            new_closest[:, best],
         )
-        new_closest = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
-        cost = jnp.sum(sample_weight[:, None] * new_closest, axis=0)
-        best = jnp.argmin(
-            jnp.where(jnp.arange(max_trials, dtype=jnp.int32) < n_trials, cost, jnp.inf)
-        )
-        return indices.at[i].set(candidates[best]), new_closest[:, best]
 
-    indices = jnp.zeros(n_clusters, first.dtype).at[0].set(first)
-    indices, _ = jax.lax.fori_loop(1, n_active, add_seed, (indices, closest))
-    return indices
+    centers = jnp.broadcast_to(first, (n_clusters, X.shape[1]))
+    indices = jnp.broadcast_to(first_index, (n_clusters,))
+    centers, indices, _ = jax.lax.fori_loop(1, n_active, add_seed, (centers, indices, closest))
+    return centers, indices
+
+
+def _top_rows_by_gumbel(key, rows: Rows, n_rows: int, reducer=IN_MEMORY):
+    """K distinct rows drawn with probability proportional to their weights.
+
+    Gumbel top-K: each row gets ``log w + G`` with G from a key of its own position,
+    so the draw does not depend on padding or sharding; the first K' of the top K are
+    the top K', so padding components do not change the real ones' rows.
+
+    Returns:
+        rows: (K, D) and their positions: (K,) int32.
+    """
+    X, w, index = rows.flat()
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (), w.dtype))(row_keys)
+    score = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)) + gumbel, -jnp.inf)
+    local = min(n_rows, X.shape[0])
+    top, position = jax.lax.top_k(score, local)
+    scores = reducer.all_gather(top).reshape(-1)
+    candidates = reducer.all_gather(X[position]).reshape(-1, X.shape[1])
+    candidate_index = reducer.all_gather(index[position]).reshape(-1)
+    _, best = jax.lax.top_k(scores, n_rows)
+    return candidates[best], candidate_index[best]
 
 
 def _masked_distances(X: jax.Array, centers: jax.Array, active: jax.Array | None) -> jax.Array:
@@ -109,10 +166,10 @@ def _masked_distances(X: jax.Array, centers: jax.Array, active: jax.Array | None
 
 def kmeans_centers(
     key: jax.Array,
-    X_chunks: jax.Array,
-    weight_chunks: jax.Array,
+    rows: Rows,
     n_clusters: int,
     active: jax.Array | None = None,
+    reducer=IN_MEMORY,
 ) -> jax.Array:
     """Weighted k-means: k-means++ seeds, then Lloyd iterations; -> (K, D) centers.
 
@@ -121,124 +178,100 @@ def kmeans_centers(
     keep their previous center. Inactive centers (``active`` False: padding) are
     never seeded, never nearest and never moved.
     """
-    X = X_chunks.reshape(-1, X_chunks.shape[-1])
-    w = weight_chunks.reshape(-1)
     n_active = None if active is None else jnp.sum(active, dtype=jnp.int32)
-    centers = X[kmeans_plusplus_indices(key, X, w, n_clusters, n_active)]
-    mean = jnp.sum(w[:, None] * X, axis=0) / jnp.sum(w)
-    variance = jnp.sum(w[:, None] * (X - mean) ** 2, axis=0) / jnp.sum(w)
-    tol = _LLOYD_TOL * jnp.mean(variance)
+    centers, _ = kmeans_plusplus(key, rows, n_clusters, n_active, reducer)
+    sum_x, total = reducer.sum(lambda x, w, i: (w @ x, jnp.sum(w)), rows)
+    mean = sum_x / total
+    sum_sq = reducer.sum(lambda x, w, i: w @ ((x - mean) ** 2), rows)
+    tol = _LLOYD_TOL * jnp.mean(sum_sq / total)
 
     # Everything the loop uses goes through consts: compacting_while_loop's batched
     # form must not close over traced values.
     def lloyd_step(state, consts):
         centers, _, it = state
-        X_chunks, weight_chunks, _, active = consts
+        rows, _, active = consts
 
-        def chunk_sums(Xc, wc):
+        def chunk_sums(Xc, wc, index):
             labels = jnp.argmin(_masked_distances(Xc, centers, active), axis=1)
             onehot = jax.nn.one_hot(labels, n_clusters, dtype=Xc.dtype) * wc[:, None]
             return jnp.sum(onehot, axis=0), _dot_chunk(onehot.T, Xc)
 
-        counts, sums = chunked_sum(chunk_sums, X_chunks, weight_chunks)
+        counts, sums = reducer.sum(chunk_sums, rows)
         new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centers)
         return new, jnp.sum((new - centers) ** 2), it + 1
 
     def keep_going(state, consts):
         _, shift, it = state
-        return (shift > consts[2]) & (it < _LLOYD_MAX_ITER)
+        return (shift > consts[1]) & (it < _LLOYD_MAX_ITER)
 
-    inf = jnp.asarray(jnp.inf, X.dtype)
+    inf = jnp.asarray(jnp.inf, rows.x.dtype)
     state = (centers, inf, jnp.asarray(0, jnp.int32))
-    centers, _, _ = compacting_while_loop(
-        keep_going, lloyd_step, state, (X_chunks, weight_chunks, tol, active)
-    )
+    centers, _, _ = compacting_while_loop(keep_going, lloyd_step, state, (rows, tol, active))
     return centers
-
-
-def _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, shift, covariance_type):
-    """Summed statistics around ``shift`` (K, D) for responsibilities ``resp_fn(X, rows)``."""
-    n_chunks, chunk_size, _ = X_chunks.shape
-    row_ids = jnp.arange(n_chunks * chunk_size).reshape(n_chunks, chunk_size)
-
-    def chunk_stats(X, w, rows):
-        resp_w = resp_fn(X, rows).astype(X.dtype) * w[:, None]
-        s_x, s_xx = covariance_model(covariance_type).statistics(X, resp_w, shift)
-        zero = jnp.zeros((), X.dtype)
-        return Stats(jnp.sum(resp_w, axis=0), s_x, s_xx, None, zero, jnp.sum(w))
-
-    stats = chunked_sum(chunk_stats, X_chunks, weight_chunks, row_ids)
-    return stats._replace(shift=shift)
 
 
 def initial_params(
     key: jax.Array,
-    X_chunks: jax.Array,
-    weight_chunks: jax.Array,
+    rows: Rows,
     n_components: int,
     covariance_type: str,
     init: str,
     reg_covar: jax.Array,
     active: jax.Array | None = None,
+    reducer=IN_MEMORY,
 ) -> GaussianMixtureParams:
     """Initial parameters by one of :data:`INIT_METHODS`.
 
-    Random draws depend only on the key, a row's index and a component's index, so
-    zero-weight padding rows and inactive padding components leave the initial
-    parameters of the real ones unchanged.
+    Random draws depend only on the key, a row's position and a component's index, so
+    zero-weight padding rows, inactive padding components and the way rows are
+    sharded leave the initial parameters of the real components unchanged.
 
     Args:
         key: PRNG key.
-        X_chunks: (N_chunks, C, D) centred data; weight_chunks: (N_chunks, C).
+        rows: the centred data.
         n_components: K; covariance_type: the covariance type; init: the method.
         reg_covar: () added to covariance diagonals.
         active: None (every component), or (K,) bool marking the real components;
             the others get zero responsibility (padding, see :mod:`jaxgmm._buckets`).
+        reducer: where the rows live.
 
     Returns:
         :class:`GaussianMixtureParams` from one M-step on the initial responsibilities.
     """
-    w = weight_chunks.reshape(-1)
-    n_features = X_chunks.shape[-1]
     is_active = jnp.ones(n_components, bool) if active is None else active
     # Statistics are taken around a point near each component's initial mean (see
     # the exact per-type statistics); zero (the data's centre) for random responsibilities.
-    shift = jnp.zeros((n_components, n_features), X_chunks.dtype)
+    shift = jnp.zeros((n_components, rows.n_features), rows.x.dtype)
     if init == "kmeans":
-        centers = kmeans_centers(key, X_chunks, weight_chunks, n_components, active)
+        centers = kmeans_centers(key, rows, n_components, active, reducer)
         shift = centers
 
-        def resp_fn(X, rows):
+        def resp_fn(X, index):
             labels = jnp.argmin(_masked_distances(X, centers, active), axis=1)
-            return jax.nn.one_hot(labels, n_components)
+            return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
 
     elif init in ("k-means++", "random_from_data"):
         if init == "k-means++":
-            X = X_chunks.reshape(-1, X_chunks.shape[-1])
-            seeds = kmeans_plusplus_indices(
-                key, X, w, n_components, jnp.sum(is_active, dtype=jnp.int32)
-            )
+            n_active = jnp.sum(is_active, dtype=jnp.int32)
+            shift, seeds = kmeans_plusplus(key, rows, n_components, n_active, reducer)
         else:
-            # Gumbel top-K over the rows: the first K_active of the top K are the
-            # top K_active, so padding components do not change the real seeds.
-            seeds = jax.random.choice(
-                key, w.shape[0], shape=(n_components,), replace=False, p=w / jnp.sum(w)
-            )
+            shift, seeds = _top_rows_by_gumbel(key, rows, n_components, reducer)
 
-        shift = X_chunks.reshape(-1, n_features)[seeds]
-
-        def resp_fn(X, rows):
-            return (rows[:, None] == seeds[None, :]) & is_active
+        def resp_fn(X, index):
+            return ((index[:, None] == seeds[None, :]) & is_active).astype(X.dtype)
 
     elif init == "random":
 
-        def resp_fn(X, rows):
-            row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+        def resp_fn(X, index):
+            row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
             u = jax.vmap(lambda k: jax.random.uniform(k, (n_components,), X.dtype))(row_keys)
             u = jnp.where(is_active, u, 0.0)
             return u / jnp.sum(u, axis=1, keepdims=True)
 
     else:
         raise ValueError(f"unknown init {init!r}; expected one of {INIT_METHODS}")
-    stats: Stats = _stats_from_resp_fn(resp_fn, X_chunks, weight_chunks, shift, covariance_type)
-    return m_step(stats, reg_covar, covariance_type, active)
+
+    def one_chunk(X, w, index):
+        return chunk_stats(X, resp_fn(X, index), w, shift, covariance_type)
+
+    return m_step(reducer.sum(one_chunk, rows), reg_covar, covariance_type, active)

@@ -7,22 +7,30 @@ import numpy as np
 import pytest
 
 import jaxgmm
-from jaxgmm._chunking import chunked_sum, split_rows
 from jaxgmm._covariance import covariance_model
-from jaxgmm._em import e_step, log_resp_and_norm, m_step, statistics_from_resp
+from jaxgmm._em import e_step, log_resp_and_norm, m_step
+from jaxgmm._rows import IN_MEMORY, split_rows
+from jaxgmm._stats import chunk_stats
 
 
-def _generic_e_step(X_chunks, weight_chunks, params):
+def _rows(X, weights, chunk_size):
+    """Rows in chunks of ``chunk_size``, the last one padded with zero-weight zero rows."""
+    n_rows = -(-len(X) // chunk_size) * chunk_size
+    X = np.pad(np.asarray(X), ((0, n_rows - len(X)), (0, 0)))
+    weights = np.pad(np.asarray(weights, float), (0, n_rows - len(weights)))
+    return split_rows(jnp.asarray(X), jnp.asarray(weights), jnp.arange(n_rows), chunk_size)
+
+
+def _generic_e_step(rows, params):
     """The unfused E-step: log_prob, responsibilities, then statistics."""
-    ops = covariance_model(params.covariance_type)
-    shift = ops.shift(params.means)
+    shift = covariance_model(params.covariance_type).shift(params.means)
 
-    def chunk_stats(X, w):
+    def one_chunk(X, w, index):
         log_resp, log_norm = log_resp_and_norm(X, params)
-        stats = statistics_from_resp(X, jnp.exp(log_resp), w, shift, params.covariance_type)
-        return stats._replace(log_lik_sum=jnp.sum(jnp.where(w > 0, w * log_norm, 0.0)))
+        log_lik = jnp.sum(jnp.where(w > 0, w * log_norm, 0.0))
+        return chunk_stats(X, jnp.exp(log_resp), w, shift, params.covariance_type, log_lik)
 
-    return chunked_sum(chunk_stats, X_chunks, weight_chunks)._replace(shift=shift)
+    return IN_MEMORY.sum(one_chunk, rows)
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
@@ -32,9 +40,9 @@ def test_fused_e_step_matches_generic_path(covariance_type):
     weights = rng.uniform(0.5, 2.0, size=len(X))
     params = jaxgmm.fit(X, 3, covariance_type=covariance_type, max_iter=2, tol=0.0).params
     # chunk of 400 rows -> 4 chunks, the last one padded with zero-weight rows
-    X_chunks, weight_chunks = split_rows(jnp.asarray(X), jnp.asarray(weights), 400)
-    fused = e_step(X_chunks, weight_chunks, params)
-    generic = _generic_e_step(X_chunks, weight_chunks, params)
+    rows = _rows(X, weights, 400)
+    fused = e_step(rows, params)
+    generic = _generic_e_step(rows, params)
     reg = jnp.asarray(1e-6)
     new_fused = m_step(fused, reg, covariance_type)
     new_generic = m_step(generic, reg, covariance_type)
@@ -51,8 +59,7 @@ def test_full_statistics_are_symmetric_and_around_the_means():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 5)) @ rng.normal(size=(5, 5))
     params = jaxgmm.fit(X, 2, max_iter=1, tol=0.0).params
-    X_chunks, weight_chunks = split_rows(jnp.asarray(X), jnp.ones(len(X)), 128)
-    stats = e_step(X_chunks, weight_chunks, params)
+    stats = e_step(_rows(X, np.ones(len(X)), 128), params)
     np.testing.assert_array_equal(stats.shift, params.means)
     np.testing.assert_array_equal(stats.s_xx, np.swapaxes(np.asarray(stats.s_xx), 1, 2))
 

@@ -19,7 +19,7 @@ import pytest
 
 import jaxgmm
 from jaxgmm import Status
-from jaxgmm._driver import select_restart
+from jaxgmm._iterate import select_restart
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 N, D, K = 60, 2, 3

@@ -1,0 +1,160 @@
+"""The data as one pytree, and the reducers that sum functions of it.
+
+Every pass over the data (centring, k-means, the E-step, scoring) is written once as a
+function of one chunk of :class:`Rows` and handed to a reducer, which decides where
+the rows live:
+
+* :class:`InMemory`: all rows in this program, summed chunk by chunk with ``lax.scan``
+  so intermediates stay chunk-sized;
+* :class:`Sharded`: inside ``shard_map``, each device sums its own rows as
+  :class:`InMemory` does, then one all-reduce (``psum``) over the mesh axis adds the
+  devices' sums. Only these sums cross devices, never the rows.
+
+A host-driven reducer for data streamed from disk plugs in at the same seam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._stats import Stats
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """Rows of a data set, split into equal chunks.
+
+    Attributes:
+        x: (N_chunks, C, D) rows (one chunk: (C, D)).
+        weight: (N_chunks, C) non-negative sample weights; padding rows have 0.
+        index: (N_chunks, C) int32 position of each row in the caller's data, so that
+            per-row random draws do not depend on padding or on how rows are sharded.
+        mask: reserved for missing values (None: every entry observed).
+    """
+
+    x: jax.Array
+    weight: jax.Array
+    index: jax.Array
+    mask: jax.Array | None = None
+
+    @property
+    def n_features(self) -> int:
+        """D."""
+        return self.x.shape[-1]
+
+    @property
+    def chunk_size(self) -> int:
+        """Rows per chunk C."""
+        return self.x.shape[-2]
+
+    def flat(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(x (N, D), weight (N,), index (N,)) of every row, chunks concatenated."""
+        return (
+            self.x.reshape(-1, self.n_features),
+            self.weight.reshape(-1),
+            self.index.reshape(-1),
+        )
+
+    def chunks(self) -> tuple[jax.Array, ...]:
+        """The arrays with a leading chunk axis, as ``lax.scan`` walks them."""
+        return (self.x, self.weight, self.index)
+
+
+def split_rows(X: jax.Array, weight: jax.Array, index: jax.Array, chunk_size: int) -> Rows:
+    """Chunk (N, D) rows with N a multiple of ``chunk_size`` into :class:`Rows`.
+
+    Args:
+        X: (N, D) rows; weight: (N,); index: (N,) int32 row positions.
+        chunk_size: rows per chunk C (divides N).
+
+    Returns:
+        :class:`Rows` with (N / C, C, ...) arrays.
+    """
+    n_chunks = X.shape[0] // chunk_size
+    return Rows(
+        x=X.reshape(n_chunks, chunk_size, X.shape[1]),
+        weight=weight.reshape(n_chunks, chunk_size),
+        index=index.reshape(n_chunks, chunk_size).astype(jnp.int32),
+    )
+
+
+def add(total, new):
+    """total + new: :class:`Stats` exactly, around ``new``'s shift; other pytrees leafwise."""
+    if isinstance(new, Stats):
+        return new + total
+    return jax.tree_util.tree_map(jnp.add, total, new)
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemory:
+    """Every row is in this program: sums run as a scan over chunks."""
+
+    n_shards = 1
+
+    def sum(self, fn: Callable, rows: Rows):
+        """Sum ``fn(x (C, D), weight (C,), index (C,))`` over every chunk of ``rows``."""
+        if rows.x.shape[0] == 1:
+            return self.all_reduce(fn(*(a[0] for a in rows.chunks())))
+        shapes = jax.eval_shape(fn, *(a[0] for a in rows.chunks()))
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def add_chunk(total, chunk):
+            return add(total, fn(*chunk)), None
+
+        total, _ = jax.lax.scan(add_chunk, zeros, rows.chunks())
+        return self.all_reduce(total)
+
+    def all_reduce(self, tree):
+        """The sum of ``tree`` over shards (here: itself)."""
+        return tree
+
+    def all_gather(self, x: jax.Array) -> jax.Array:
+        """Every shard's ``x`` stacked along a new leading (n_shards,) axis."""
+        return x[None]
+
+    def shard_index(self) -> jax.Array:
+        """This shard's position along the mesh axis, () int32."""
+        return jnp.zeros((), jnp.int32)
+
+    def is_first_shard(self) -> jax.Array:
+        """() bool, true on exactly one shard (for side effects such as progress)."""
+        return jnp.asarray(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharded(InMemory):
+    """Rows split over the devices of a mesh axis; run inside ``shard_map`` over it.
+
+    Attributes:
+        axis_name: the mesh axis (or axes) the rows are split over.
+        n_shards: the number of devices along it.
+    """
+
+    axis_name: str | tuple[str, ...] = "data"
+    n_shards: int = 1
+
+    def all_reduce(self, tree):
+        """The sum of ``tree`` over every device of the axis (one all-reduce)."""
+        if isinstance(tree, Stats):
+            return tree.psum(self.axis_name)
+        return jax.lax.psum(tree, self.axis_name)
+
+    def all_gather(self, x: jax.Array) -> jax.Array:
+        """Every device's ``x`` stacked along a new leading (n_shards,) axis."""
+        return jax.lax.all_gather(x, self.axis_name)
+
+    def shard_index(self) -> jax.Array:
+        """This device's position along the axis."""
+        return jax.lax.axis_index(self.axis_name).astype(jnp.int32)
+
+    def is_first_shard(self) -> jax.Array:
+        """True on the axis's first device."""
+        return self.shard_index() == 0
+
+
+IN_MEMORY = InMemory()

@@ -1,0 +1,93 @@
+"""Solvers: one iteration of a fitting algorithm as ``init`` / ``step`` / ``terminate``.
+
+A solver knows the algorithm and nothing about the loop around it: the loop
+(:func:`jaxgmm._iterate.iterate`) owns the iteration count, the non-finite guard, the
+history, progress and the :class:`~jaxgmm._params.Status`. Maximum-likelihood EM is
+the first solver; MAP-EM, variational Bayes, online EM and gradient fitting are
+siblings with the same three methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._batching import cond_any
+from jaxgmm._covariance import covariance_model
+from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
+from jaxgmm._params import GaussianMixtureParams
+from jaxgmm._rows import IN_MEMORY, InMemory, Rows
+
+
+@dataclasses.dataclass(frozen=True)
+class EM:
+    """Maximum-likelihood EM: one E-step, then one M-step, per iteration.
+
+    Attributes:
+        reg_covar: () non-negative value added to every covariance's diagonal.
+        active: None, or (K,) bool: which components take part (the others are
+            padding with weight zero, see :mod:`jaxgmm._buckets`).
+        reducer: where the rows live (:mod:`jaxgmm._rows`).
+    """
+
+    reg_covar: jax.Array
+    active: jax.Array | None = None
+    reducer: InMemory = IN_MEMORY
+
+    def init(self, params: GaussianMixtureParams) -> GaussianMixtureParams:
+        """The solver state before the first iteration: here the parameters themselves."""
+        return params
+
+    def step(
+        self, rows: Rows, params: GaussianMixtureParams
+    ) -> tuple[GaussianMixtureParams, jax.Array]:
+        """One EM iteration.
+
+        Args:
+            rows: the data; params: the current parameters.
+
+        Returns:
+            The new parameters, and () the objective of the *current* ones: the mean
+            log-likelihood per point from this E-step (scikit-learn's lower bound).
+        """
+        model = covariance_model(params.covariance_type)
+        reducer = self.reducer
+        if model.expanded:
+            # The fused kernels expand (x - mu)^2 around the data's centre; tight
+            # components far from it (float32) take the exact difference-based pass.
+            # (cond_any: under vmap only the members that need it pay for it.)
+            stats = cond_any(
+                needs_exact_e_step(params),
+                lambda rows, p: exact_e_step(rows, p, p.means, reducer),
+                lambda rows, p: e_step(rows, p, reducer),
+                rows,
+                params,
+            )
+        else:
+            stats = e_step(rows, params, reducer)
+        new_params = m_step(stats, self.reg_covar, params.covariance_type, self.active)
+        if model.expanded:
+            # Fused moments are summed around zero; redo them exactly around the new
+            # means when that cancelled away a variance (float32, tight far components).
+            def exact(rows, old, new, reg, active):
+                stats = exact_e_step(rows, old, new.means, reducer)
+                return m_step(stats, reg, old.covariance_type, active)
+
+            new_params = cond_any(
+                lost_precision(stats, new_params, self.reg_covar),
+                exact,
+                lambda rows, old, new, reg, active: new,
+                rows,
+                params,
+                new_params,
+                self.reg_covar,
+                self.active,
+            )
+        return new_params, stats.log_lik_sum / stats.n
+
+    @staticmethod
+    def terminate(objective: jax.Array, previous: jax.Array, tol: jax.Array) -> jax.Array:
+        """Converged: the objective changed by less than ``tol`` (scikit-learn's rule)."""
+        return jnp.abs(objective - previous) < tol

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,22 +16,8 @@ from jaxgmm._init import initial_params
 from jaxgmm._iterate import LoopState, iterate, select_restart, status
 from jaxgmm._params import FitResult, GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, Sharded, split_rows
+from jaxgmm._sharding import RowSharding
 from jaxgmm._solver import EM
-
-
-@dataclasses.dataclass(frozen=True)
-class RowSharding:
-    """How a program's rows (or models) are split over the devices of a mesh (static).
-
-    Attributes:
-        mesh: the ``jax.sharding.Mesh`` (or abstract mesh, under the user's ``jit``).
-        axis: the mesh axis name (or tuple of names) the leading dimension is split over.
-        n_shards: the number of devices along ``axis``.
-    """
-
-    mesh: Any
-    axis: Any
-    n_shards: int
 
 
 def _apply_user_init(
@@ -139,6 +124,8 @@ def fit_compiled(
         mesh=sharding.mesh,
         in_specs=(rows_spec, rows_spec, rows_spec),
         out_specs=PartitionSpec(),
+        # Every output is made equal on all devices by the reducer's all-reduces.
+        check_vma=False,
     )(X, sample_weight, row_index)
 
 
@@ -260,6 +247,7 @@ def fit_many_compiled(
         mesh=sharding.mesh,
         in_specs=(spec,) * len(members),
         out_specs=spec,
+        check_vma=False,
     )(*members)
 
 

@@ -17,6 +17,7 @@ from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
 from jaxgmm._keys import as_key
 from jaxgmm._params import FitResult, Status, first_components
+from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
 from jaxgmm._validation import (
     centre_and_cast,
     check_chunk_size,
@@ -212,20 +213,31 @@ def fit(
     max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
     n_padded = n_components
     traced = is_traced(X) or is_traced(sample_weight)
-    if traced:
+    sharding = leading_axis_sharding(X)
+    if sharding is not None:  # each shard padded where it lives; stats cross devices
+        if not traced:
+            n_padded = component_bucket(n_components)
+            inits = _pad_components(inits, covariance_type, n_components, n_padded)
+        local = -(-max(n_samples, n_padded) // sharding.n_shards)
+        local_rows, chunk = row_layout(local, max_chunk)
+        X, sample_weight, row_index = pad_sharded_rows(X, sample_weight, sharding, local_rows)
+    elif traced:
         chunk = min(max_chunk, n_samples)
         X, sample_weight = _pad_rows(X, sample_weight, -(-n_samples // chunk) * chunk)
+        row_index = np.arange(X.shape[0], dtype=np.int32)
     else:
         n_padded = component_bucket(n_components)
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
         X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
+        row_index = np.arange(n_rows, dtype=np.int32)
     static = _static_options(n_padded, covariance_type, max_iter, n_init, init, chunk, progress)
+    static["sharding"] = sharding
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
         result = fit_compiled(
             X,
             sample_weight,
-            np.arange(X.shape[0], dtype=np.int32),
+            row_index,
             as_key(key),
             jnp.asarray(tol, X.dtype),
             jnp.asarray(reg_covar, X.dtype),

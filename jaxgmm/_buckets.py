@@ -78,5 +78,18 @@ def first_rows(values: jax.Array, n_rows: int) -> jax.Array:
 
     Eager indexing would compile a small slicing program for every new ``n_rows``;
     the copy through host memory costs microseconds for the outputs sliced here.
+    The result is placed as ``values`` was (e.g. replicated over a mesh). Arrays
+    spread over several processes are cut by a compiled slice instead (a host copy
+    would have to be checked equal on every process).
     """
-    return jax.device_put(np.asarray(values)[:n_rows])
+    if isinstance(values, jax.Array) and not values.is_fully_addressable:
+        return jax.jit(lambda v: v[:n_rows], out_shardings=values.sharding)(values)
+    return jax.device_put(np.asarray(values)[:n_rows], _placement(values))
+
+
+def _placement(values):
+    """Where a host copy of ``values`` goes back to: its sharding if it spans devices."""
+    sharding = getattr(values, "sharding", None)
+    if sharding is None or len(sharding.device_set) == 1:
+        return None
+    return sharding

@@ -362,6 +362,26 @@ def fit_many(
     check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init)
     check_chunk_size(chunk_size)
     check_key(key)
+    models_sharding = None
+    if isinstance(datasets, jax.Array) and datasets.ndim == 3:
+        models_sharding = leading_axis_sharding(datasets, "datasets")
+    if models_sharding is not None:
+        return _fit_sharded_models(
+            datasets,
+            n_components,
+            models_sharding,
+            sample_weight=sample_weight,
+            key=key,
+            progress=progress,
+            covariance_type=covariance_type,
+            tol=tol,
+            reg_covar=reg_covar,
+            max_iter=max_iter,
+            n_init=n_init,
+            init=init,
+            inits=(weights_init, means_init, precisions_init),
+            chunk_size=chunk_size,
+        )
     X, W = stack_datasets(datasets, sample_weight)
     n_models, n_samples, n_features = X.shape
     check_n_samples(n_samples, n_components)
@@ -417,3 +437,75 @@ def fit_many(
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(dtype)))
         result = dataclasses.replace(result, params=params)
     return result
+
+
+def _fit_sharded_models(
+    X, n_components, sharding, *, sample_weight, key, progress, inits, **options
+) -> FitResult:
+    """:func:`fit_many` for a (B, N, D) ``jax.Array`` split along its models axis.
+
+    Each device fits its own models; nothing crosses devices, and every leaf of the
+    result is split along the models axis the same way.
+    """
+    covariance_type, max_iter = options["covariance_type"], options["max_iter"]
+    n_models, n_samples, n_features = X.shape
+    check_n_samples(n_samples, n_components)
+    X = check_data_array(X.reshape(n_models * n_samples, n_features), "the data sets")
+    dtype = compute_dtype(X.dtype)
+    X = jnp.asarray(X, dtype).reshape(n_models, n_samples, n_features)
+    if sample_weight is None:
+        W = jnp.ones((n_models, n_samples), dtype)
+    else:
+        W = check_sample_weight(
+            jnp.asarray(sample_weight).reshape(-1), n_models * n_samples, dtype, 1
+        ).reshape(n_models, n_samples)
+    inits = check_initial_params(*inits, covariance_type, n_components, n_features, dtype)
+    max_chunk = _max_chunk(options["chunk_size"], n_components, n_features, covariance_type)
+    n_rows, chunk = row_layout(n_samples, max_chunk)
+    X, W = _pad_models_rows(X, W, n_rows, sharding)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
+    keys = jax.device_put(keys, sharding.named())
+    static = _static_options(
+        n_components,
+        covariance_type,
+        max_iter,
+        options["n_init"],
+        options["init"],
+        chunk,
+        progress,
+    )
+    static["sharding"] = sharding
+    description = f"EM fit of {n_models} models, K={n_components}"
+    with fit_progress(max_iter, description) if progress else nullcontext():
+        result = fit_many_compiled(
+            X,
+            W,
+            keys,
+            jnp.asarray(options["tol"], dtype),
+            jnp.asarray(options["reg_covar"], dtype),
+            jnp.asarray(max_iter, jnp.int32),
+            jnp.asarray(n_components, jnp.int32),
+            *inits,
+            **static,
+        )
+    history = result.history
+    if history.shape[1] != max_iter:
+        history = jax.jit(lambda h: h[:, :max_iter], out_shardings=sharding.named())(history)
+    return dataclasses.replace(result, history=history)
+
+
+def _pad_models_rows(X, W, n_rows: int, sharding):
+    """Pad every model's rows to ``n_rows`` (zero-weight copies of its first row), in place."""
+    pad = n_rows - X.shape[1]
+    if pad == 0:
+        return X, W
+
+    def padded(X, W):
+        first = jnp.broadcast_to(X[:, :1], (X.shape[0], pad, X.shape[2]))
+        return (
+            jnp.concatenate([X, first], axis=1),
+            jnp.concatenate([W, jnp.zeros((W.shape[0], pad), W.dtype)], axis=1),
+        )
+
+    out = sharding.named()
+    return jax.jit(padded, out_shardings=(out, out))(X, W)

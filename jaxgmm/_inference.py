@@ -10,6 +10,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from jaxgmm._buckets import first_rows, row_layout
 from jaxgmm._chunking import chunk_size_for, chunked_map
@@ -17,6 +18,13 @@ from jaxgmm._covariance import covariance_model
 from jaxgmm._em import log_resp_and_norm
 from jaxgmm._keys import as_key
 from jaxgmm._params import GaussianMixtureParams
+from jaxgmm._rows import IN_MEMORY, Sharded
+from jaxgmm._sharding import (
+    RowSharding,
+    leading_axis_sharding,
+    pad_sharded_rows,
+    unpad_sharded_rows,
+)
 from jaxgmm._validation import (
     check_data,
     check_key,
@@ -41,7 +49,7 @@ def _chunk_output(output: str, log_resp: jax.Array, log_norm: jax.Array) -> jax.
     return log_norm
 
 
-@partial(jax.jit, static_argnames=("output", "chunk_size"))
+@partial(jax.jit, static_argnames=("output", "chunk_size", "sharding"))
 def _evaluate_program(
     params: GaussianMixtureParams,
     X: jax.Array,
@@ -49,12 +57,30 @@ def _evaluate_program(
     *,
     output: str,
     chunk_size: int,
+    sharding: RowSharding | None = None,
 ):
     """One compiled program per call: per-point ``output`` for (N, D) rows, or the score.
 
     ``output`` is ``"score_samples"`` (N,), ``"predict"`` (N,), ``"predict_proba"``
     (N, K) or ``"score"`` () (the ``sample_weight``-weighted mean log-likelihood).
+    With ``sharding``, each device scores its own rows (per-point outputs stay split
+    the same way; the score's two sums are all-reduced).
     """
+    if sharding is None:
+        return _evaluate_rows(params, X, sample_weight, output, chunk_size, IN_MEMORY)
+    rows = PartitionSpec(sharding.axis)
+    reducer = Sharded(axis_name=sharding.axis, n_shards=sharding.n_shards)
+    return jax.shard_map(
+        partial(_evaluate_rows, output=output, chunk_size=chunk_size, reducer=reducer),
+        mesh=sharding.mesh,
+        in_specs=(PartitionSpec(), rows, rows),
+        out_specs=PartitionSpec() if output == "score" else rows,
+        check_vma=False,
+    )(params, X, sample_weight)
+
+
+def _evaluate_rows(params, X, sample_weight, output, chunk_size, reducer):
+    """:func:`_evaluate_program` on the rows this program holds (all, or one shard's)."""
     # Centre on the mixture mean: keeps the matrix-product form of the diag/spherical/
     # tied densities accurate for data far from the origin.
     center = params.weights @ params.means
@@ -66,7 +92,10 @@ def _evaluate_program(
 
     values = chunked_map(rows, X, chunk_size)
     if output == "score":
-        return jnp.sum(sample_weight * values) / jnp.sum(sample_weight)
+        total, weight = reducer.all_reduce(
+            (jnp.sum(sample_weight * values), jnp.sum(sample_weight))
+        )
+        return total / weight
     return values
 
 
@@ -106,6 +135,9 @@ def evaluate_checked(
     dtype = params.means.dtype
     n_samples = X.shape[0]
     max_chunk = chunk_size_for(2**62, params.n_components, params.n_features)
+    sharding = leading_axis_sharding(X)
+    if sharding is not None:
+        return _evaluate_sharded(params, X, output, sample_weight, sharding, max_chunk)
     if is_traced(X):
         n_rows, chunk = n_samples, min(n_samples, max_chunk)
     else:
@@ -125,6 +157,22 @@ def evaluate_checked(
     if host_rows:
         return np.asarray(out)[:n_samples]
     return out if n_rows == n_samples else first_rows(out, n_samples)
+
+
+def _evaluate_sharded(params, X, output: str, sample_weight, sharding, max_chunk: int):
+    """:func:`evaluate_checked` for row-sharded X: every shard padded and scored in place."""
+    n_samples = X.shape[0]
+    per_shard = n_samples // sharding.n_shards
+    local_rows, chunk = row_layout(per_shard, max_chunk)
+    if sample_weight is None:
+        sample_weight = np.ones(n_samples, params.means.dtype)
+    X, sample_weight, _ = pad_sharded_rows(X, sample_weight, sharding, local_rows)
+    out = _evaluate_program(
+        params, X, sample_weight, output=output, chunk_size=chunk, sharding=sharding
+    )
+    if output == "score":
+        return out
+    return unpad_sharded_rows(out, sharding, per_shard)
 
 
 def score_samples(params, X) -> jax.Array:

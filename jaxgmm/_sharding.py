@@ -131,6 +131,36 @@ def pad_sharded_rows(X, sample_weight, sharding: RowSharding, local_rows: int):
     return _pad_shards_program(sharding, local_rows)(X, sample_weight)
 
 
+def _unpad_shards(values, *, n_shards: int, per_shard: int):
+    """Drop each shard's padding rows; (S * R', ...) -> (S * per_shard, ...)."""
+    shaped = values.reshape((n_shards, -1) + values.shape[1:])[:, :per_shard]
+    return shaped.reshape((n_shards * per_shard,) + values.shape[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _unpad_shards_program(sharding: RowSharding, per_shard: int):
+    """The compiled un-padding for one layout, its output split like its input."""
+    unpad = partial(_unpad_shards, n_shards=sharding.n_shards, per_shard=per_shard)
+    return jax.jit(unpad, out_shardings=sharding.named())
+
+
+def unpad_sharded_rows(values, sharding: RowSharding, per_shard: int):
+    """Per-row outputs of padded shards, back to the caller's rows (split the same way).
+
+    Args:
+        values: (S * R', ...) per-row outputs, R' rows per shard after padding.
+        sharding: how the rows are split; per_shard: the caller's rows per shard.
+
+    Returns:
+        (S * per_shard, ...) outputs.
+    """
+    if values.shape[0] == sharding.n_shards * per_shard:
+        return values
+    if isinstance(values, jax.core.Tracer):
+        return _unpad_shards(values, n_shards=sharding.n_shards, per_shard=per_shard)
+    return _unpad_shards_program(sharding, per_shard)(values)
+
+
 def shard_rows(X, mesh, axis: str = "data", sample_weight=None):
     """Split (N, D) rows over a mesh axis, padding N to a multiple of its devices.
 

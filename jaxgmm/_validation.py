@@ -94,10 +94,9 @@ def _check_finite(values: np.ndarray, name: str, advice: str) -> None:
     """Raise if ``values`` holds NaN or +-inf, naming how many and where the first is."""
     if not np.issubdtype(values.dtype, np.inexact):
         return
-    if isinstance(values, jax.Array):  # check on the device; fetch only to explain
-        if bool(jnp.all(jnp.isfinite(values))):
-            return
-        values = np.asarray(values)
+    if isinstance(values, jax.Array):  # checked where the values live
+        _check_finite_on_devices(values, name, advice)
+        return
     bad = ~np.isfinite(values)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -108,6 +107,28 @@ def _check_finite(values: np.ndarray, name: str, advice: str) -> None:
             f"({n_nan} NaN, {n_bad - n_nan} infinite); the first is at {_position(first)}. "
             f"{advice}"
         )
+
+
+def _check_finite_on_devices(values: jax.Array, name: str, advice: str) -> None:
+    """:func:`_check_finite` for a JAX array, sharded or spread over processes.
+
+    Only reductions run on the devices (each device checks its own rows); their
+    results are the same on every process, so all processes raise together.
+    """
+    if bool(jnp.all(jnp.isfinite(values))):
+        return
+    bad = ~jnp.isfinite(values)
+    n_bad = int(jnp.sum(bad))
+    n_nan = int(jnp.sum(jnp.isnan(values)))
+    where = ""
+    if values.ndim == 2:
+        row = int(jnp.argmax(jnp.any(bad, axis=1)))
+        in_row = bad & (jnp.arange(values.shape[0])[:, None] == row)
+        where = f"; the first is at {_position((row, int(jnp.argmax(jnp.any(in_row, axis=0)))))}"
+    raise ValueError(
+        f"{name} contains {n_bad} non-finite value{'s' if n_bad != 1 else ''} "
+        f"({n_nan} NaN, {n_bad - n_nan} infinite){where}. {advice}"
+    )
 
 
 _DATA_NON_FINITE_ADVICE = (

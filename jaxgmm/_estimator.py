@@ -33,6 +33,7 @@ from jaxgmm._inference import n_parameters as _n_parameters
 from jaxgmm._inference import sample as _sample
 from jaxgmm._inference import score as _score
 from jaxgmm._init import INIT_METHODS
+from jaxgmm._options import DEFAULTS
 from jaxgmm._params import FitResult, GaussianMixtureParams
 from jaxgmm._validation import check_params as _check_params
 from jaxgmm._validation import check_sample_weight as _check_sample_weight
@@ -206,12 +207,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self,
         n_components: int = 1,
         *,
-        covariance_type: str = "full",
-        tol: float = 1e-3,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        n_init: int = 1,
-        init_params: str = "kmeans",
+        covariance_type: str = DEFAULTS.covariance_type,
+        tol: float = DEFAULTS.tol,
+        reg_covar: float = DEFAULTS.reg_covar,
+        max_iter: int = DEFAULTS.max_iter,
+        n_init: int = DEFAULTS.n_init,
+        init_params: str = DEFAULTS.init,
         weights_init=None,
         means_init=None,
         precisions_init=None,

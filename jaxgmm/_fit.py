@@ -16,29 +16,23 @@ from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
 from jaxgmm._keys import as_key
+from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, Status, first_components
 from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
 from jaxgmm._validation import (
     centre_and_cast,
-    check_chunk_size,
     check_data_array,
     check_datasets,
     check_initial_params,
     check_key,
     check_n_samples,
-    check_options,
     check_sample_weight,
     compute_dtype,
     is_traced,
     mark_checked,
 )
 
-ILL_DEFINED_MESSAGE = (
-    "Fitting the mixture model failed because some components have ill-defined "
-    "empirical covariance (for instance caused by singleton or collapsed samples), and "
-    "every restart produced non-finite values. Try to decrease the number of "
-    "components, increase reg_covar, or scale the input data."
-)
+ILL_DEFINED_MESSAGE = Status.NON_FINITE.message
 
 
 def _ill_defined_message(reg_covar, covariance_type: str, n_components: int) -> str:
@@ -131,18 +125,18 @@ def fit(
     X,
     n_components: int,
     *,
-    covariance_type: str = "full",
-    tol: float = 1e-3,
-    reg_covar: float = 1e-6,
-    max_iter: int = 100,
-    n_init: int = 1,
-    init: str = "kmeans",
+    covariance_type: str = DEFAULTS.covariance_type,
+    tol: float = DEFAULTS.tol,
+    reg_covar: float = DEFAULTS.reg_covar,
+    max_iter: int = DEFAULTS.max_iter,
+    n_init: int = DEFAULTS.n_init,
+    init: str = DEFAULTS.init,
     key=0,
     weights_init=None,
     means_init=None,
     precisions_init=None,
     sample_weight=None,
-    chunk_size: int | None = None,
+    chunk_size: int | None = DEFAULTS.chunk_size,
     progress: bool = False,
 ) -> FitResult:
     """Fit a Gaussian mixture to data by expectation-maximisation.
@@ -188,8 +182,9 @@ def fit(
         UserWarning: the compute dtype cannot resolve numbers near the data to 1% of
             their spread (data far from the origin in float32); centre X first.
     """
-    check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init)
-    check_chunk_size(chunk_size)
+    FitOptions(covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size).check(
+        n_components
+    )
     check_key(key)
     X = check_data_array(X)
     n_samples, n_features = X.shape
@@ -323,16 +318,16 @@ def fit_many(
     sample_weight=None,
     key=0,
     progress: bool = False,
-    covariance_type: str = "full",
-    tol: float = 1e-3,
-    reg_covar: float = 1e-6,
-    max_iter: int = 100,
-    n_init: int = 1,
-    init: str = "kmeans",
+    covariance_type: str = DEFAULTS.covariance_type,
+    tol: float = DEFAULTS.tol,
+    reg_covar: float = DEFAULTS.reg_covar,
+    max_iter: int = DEFAULTS.max_iter,
+    n_init: int = DEFAULTS.n_init,
+    init: str = DEFAULTS.init,
     weights_init=None,
     means_init=None,
     precisions_init=None,
-    chunk_size: int | None = None,
+    chunk_size: int | None = DEFAULTS.chunk_size,
 ) -> FitResult:
     """Fit one independent mixture per data set, all in one compiled program.
 
@@ -359,8 +354,9 @@ def fit_many(
     Raises:
         ValueError, TypeError: invalid input (naming the data set), before tracing.
     """
-    check_options(n_components, covariance_type, tol, reg_covar, max_iter, n_init, init)
-    check_chunk_size(chunk_size)
+    FitOptions(covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size).check(
+        n_components
+    )
     check_key(key)
     models_sharding = None
     if isinstance(datasets, jax.Array) and datasets.ndim == 3:

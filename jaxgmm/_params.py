@@ -55,11 +55,31 @@ class GaussianMixtureParams:
 
 
 class Status(enum.IntEnum):
-    """How an EM run ended."""
+    """How a fit ended; ``Status(code).message`` explains it in words."""
 
     CONVERGED = 0
     MAX_ITER = 1
     NON_FINITE = 2
+
+    @property
+    def message(self) -> str:
+        """What this outcome means, in one or two sentences."""
+        return _STATUS_MESSAGES[self]
+
+
+_STATUS_MESSAGES = {
+    Status.CONVERGED: "Converged: the lower bound changed by less than tol.",
+    Status.MAX_ITER: (
+        "Stopped at max_iter before the lower bound changed by less than tol; raise "
+        "max_iter or tol, or check the data's scale."
+    ),
+    Status.NON_FINITE: (
+        "Fitting the mixture model failed because some components have ill-defined "
+        "empirical covariance (for instance caused by singleton or collapsed samples), and "
+        "every restart produced non-finite values. Try to decrease the number of "
+        "components, increase reg_covar, or scale the input data."
+    ),
+}
 
 
 @jax.tree_util.register_dataclass

@@ -144,14 +144,15 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def _add_fit_options(parser: argparse.ArgumentParser, *, default_restarts: int = 1) -> None:
     from jaxgmm._covariance import COVARIANCE_TYPES
     from jaxgmm._init import INIT_METHODS
+    from jaxgmm._options import DEFAULTS
 
     group = parser.add_argument_group("fitting")
     group.add_argument(
         "-c",
         "--covariance-type",
         choices=COVARIANCE_TYPES,
-        default="full",
-        help="shape of each component's covariance (default: full)",
+        default=DEFAULTS.covariance_type,
+        help=f"shape of each component's covariance (default: {DEFAULTS.covariance_type})",
     )
     group.add_argument(
         "-r",
@@ -165,28 +166,29 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, default_restarts: int =
     group.add_argument(
         "--init",
         choices=INIT_METHODS,
-        default="kmeans",
-        help="initialisation (default: kmeans)",
+        default=DEFAULTS.init,
+        help=f"initialisation (default: {DEFAULTS.init})",
     )
     group.add_argument(
         "--tol",
         type=_non_negative_float,
-        default=1e-3,
-        help="stop when the mean log-likelihood per point improves by less (default: 1e-3)",
+        default=DEFAULTS.tol,
+        help="stop when the mean log-likelihood per point improves by less "
+        f"(default: {DEFAULTS.tol:g})",
     )
     group.add_argument(
         "--max-iter",
         type=_non_negative_int,
-        default=100,
+        default=DEFAULTS.max_iter,
         metavar="N",
-        help="maximum EM iterations per restart (default: 100)",
+        help=f"maximum EM iterations per restart (default: {DEFAULTS.max_iter})",
     )
     group.add_argument(
         "--reg-covar",
         type=_non_negative_float,
-        default=1e-6,
+        default=DEFAULTS.reg_covar,
         metavar="EPS",
-        help="added to every covariance's diagonal (default: 1e-6)",
+        help=f"added to every covariance's diagonal (default: {DEFAULTS.reg_covar:g})",
     )
     group.add_argument(
         "--seed",
@@ -911,6 +913,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from jaxgmm import datasets
+    from jaxgmm._options import DEFAULTS
 
     data_set = datasets.load(args.dataset)
     where = data_set.path if data_set.path is not None else "regenerated from its seed"
@@ -926,12 +929,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         description="",
     )
     options = dict(
-        covariance_type="full",
-        tol=1e-3,
-        reg_covar=1e-6,
-        max_iter=100,
-        n_init=1,
-        init="kmeans",
+        covariance_type=DEFAULTS.covariance_type,
+        tol=DEFAULTS.tol,
+        reg_covar=DEFAULTS.reg_covar,
+        max_iter=DEFAULTS.max_iter,
+        n_init=DEFAULTS.n_init,
+        init=DEFAULTS.init,
         key=args.seed,
     )
     ks = parse_components(DEMO_K_RANGE)

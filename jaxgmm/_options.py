@@ -1,0 +1,47 @@
+"""The fit options in one place: defaults and checks for fit, fit_many, the estimator and CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxgmm._validation import check_chunk_size, check_options
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """Options of an EM fit shared by every entry point (frozen, hashable).
+
+    Attributes:
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        tol: stop when the mean log-likelihood per point changes by less than this.
+        reg_covar: non-negative value added to every covariance's diagonal.
+        max_iter: maximum EM iterations per restart.
+        n_init: restarts; the best final lower bound wins.
+        init: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
+        chunk_size: rows per E-step chunk, or None for ~2 MiB intermediates.
+    """
+
+    covariance_type: str = "full"
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+    max_iter: int = 100
+    n_init: int = 1
+    init: str = "kmeans"
+    chunk_size: int | None = None
+
+    def check(self, n_components: int) -> FitOptions:
+        """Raise ValueError/TypeError (with a fix) unless every option is valid; -> self."""
+        check_options(
+            n_components,
+            self.covariance_type,
+            self.tol,
+            self.reg_covar,
+            self.max_iter,
+            self.n_init,
+            self.init,
+        )
+        check_chunk_size(self.chunk_size)
+        return self
+
+
+DEFAULTS = FitOptions()

@@ -16,6 +16,7 @@ from jaxgmm._inference import (
     score_samples,
 )
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
+from jaxgmm._sharding import shard_rows
 from jaxgmm.io import load, save
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "save",
     "score",
     "score_samples",
+    "shard_rows",
 ]
 
 # The scikit-learn estimator is optional: listed only when scikit-learn is installed,

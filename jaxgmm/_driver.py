@@ -51,6 +51,7 @@ _STATIC_OPTIONS = (
     "chunk_size",
     "report_progress",
     "sharding",
+    "matmul_precision",
 )
 
 
@@ -76,6 +77,7 @@ def fit_compiled(
     chunk_size: int,
     report_progress: bool = False,
     sharding: RowSharding | None = None,
+    matmul_precision: str = "highest",
 ) -> FitResult:
     """The whole fit as one compiled program: centre, initialise, run EM, pick the best.
 
@@ -95,6 +97,8 @@ def fit_compiled(
         sharding: None (rows in this program), or how X's rows are split over devices:
             each device then sums statistics of its own rows and only the statistics
             cross devices (one all-reduce per pass).
+        matmul_precision: precision of every matrix product in the program
+            (``"highest"``: full float32, also on GPUs that default to TF32).
 
     Returns:
         A :class:`FitResult` with K_pad components for the restart with the best
@@ -115,8 +119,14 @@ def fit_compiled(
         chunk_size=chunk_size,
         report_progress=report_progress,
     )
-    if sharding is None:
-        return _fit_rows(X, sample_weight, row_index, reducer=IN_MEMORY, **options)
+    with jax.default_matmul_precision(matmul_precision):
+        if sharding is None:
+            return _fit_rows(X, sample_weight, row_index, reducer=IN_MEMORY, **options)
+        return _fit_sharded(X, sample_weight, row_index, sharding, options)
+
+
+def _fit_sharded(X, sample_weight, row_index, sharding: RowSharding, options: dict):
+    """:func:`_fit_rows` under ``shard_map``: each device fits with its own rows."""
     reducer = Sharded(axis_name=sharding.axis, n_shards=sharding.n_shards)
     rows_spec = PartitionSpec(sharding.axis)
     return jax.shard_map(

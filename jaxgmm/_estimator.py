@@ -33,7 +33,7 @@ from jaxgmm._inference import n_parameters as _n_parameters
 from jaxgmm._inference import sample as _sample
 from jaxgmm._inference import score as _score
 from jaxgmm._init import INIT_METHODS
-from jaxgmm._options import DEFAULTS
+from jaxgmm._options import DEFAULTS, MATMUL_PRECISIONS
 from jaxgmm._params import FitResult, GaussianMixtureParams
 from jaxgmm._validation import check_params as _check_params
 from jaxgmm._validation import check_sample_weight as _check_sample_weight
@@ -129,6 +129,7 @@ _PARAMETER_RULES = {
     "max_iter": _int_at_least(0),
     "n_init": _int_at_least(1),
     "init_params": _one_of(INIT_METHODS),
+    "matmul_precision": _one_of(MATMUL_PRECISIONS),
     "weights_init": (_array_or_none, "an array-like of shape (n_components,) or None"),
     "means_init": (_array_or_none, "an array-like of shape (n_components, n_features) or None"),
     "precisions_init": (_array_or_none, "an array-like or None"),
@@ -187,6 +188,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             parameters with a single restart.
         verbose: 0 silent, 1 per-iteration markers, >= 2 also log-likelihood changes.
         verbose_interval: iterations between two verbose messages.
+        matmul_precision: ``"highest"`` (full float32 matrix products, default),
+            ``"high"`` or ``"default"`` (TF32 on recent NVIDIA GPUs); jaxgmm only.
 
     Attributes:
         weights_: (K,) mixture weights.
@@ -220,6 +223,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         warm_start: bool = False,
         verbose: int = 0,
         verbose_interval: int = 10,
+        matmul_precision: str = DEFAULTS.matmul_precision,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -235,6 +239,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.matmul_precision = matmul_precision
 
     # ------------------------------------------------------------------ validation
 
@@ -301,6 +306,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             max_iter=int(self.max_iter),
             init=self.init_params,
             sample_weight=sample_weight,
+            matmul_precision=self.matmul_precision,
         )
         if warm:
             fitted_shape = self.means_.shape

@@ -71,6 +71,7 @@ def _static_options(
     init: str,
     chunk_size: int,
     progress: bool,
+    matmul_precision: str = DEFAULTS.matmul_precision,
 ) -> dict:
     """The compiled fits' static options (shapes and program structure only)."""
     return {
@@ -82,6 +83,7 @@ def _static_options(
         "chunk_size": chunk_size,
         "report_progress": bool(progress),
         "sharding": None,
+        "matmul_precision": matmul_precision,
     }
 
 
@@ -138,6 +140,7 @@ def fit(
     sample_weight=None,
     chunk_size: int | None = DEFAULTS.chunk_size,
     progress: bool = False,
+    matmul_precision: str = DEFAULTS.matmul_precision,
 ) -> FitResult:
     """Fit a Gaussian mixture to data by expectation-maximisation.
 
@@ -168,6 +171,9 @@ def fit(
         progress: show a progress bar of EM iterations (tqdm), updated from inside
             the compiled loop. Off by default; has no effect under the user's own
             ``jit``.
+        matmul_precision: ``"highest"`` (full float32 matrix products, default),
+            ``"high"`` or ``"default"`` (TF32 on recent NVIDIA GPUs: faster, less
+            accurate; see the README).
 
     Returns:
         A :class:`FitResult` with ``params``, ``lower_bound``, ``n_iter``,
@@ -182,9 +188,9 @@ def fit(
         UserWarning: the compute dtype cannot resolve numbers near the data to 1% of
             their spread (data far from the origin in float32); centre X first.
     """
-    FitOptions(covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size).check(
-        n_components
-    )
+    FitOptions(
+        covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size, matmul_precision
+    ).check(n_components)
     check_key(key)
     X = check_data_array(X)
     n_samples, n_features = X.shape
@@ -226,7 +232,9 @@ def fit(
         X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
         row_index = np.arange(n_rows, dtype=np.int32)
-    static = _static_options(n_padded, covariance_type, max_iter, n_init, init, chunk, progress)
+    static = _static_options(
+        n_padded, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
+    )
     static["sharding"] = sharding
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
         result = fit_compiled(
@@ -328,6 +336,7 @@ def fit_many(
     means_init=None,
     precisions_init=None,
     chunk_size: int | None = DEFAULTS.chunk_size,
+    matmul_precision: str = DEFAULTS.matmul_precision,
 ) -> FitResult:
     """Fit one independent mixture per data set, all in one compiled program.
 
@@ -343,7 +352,8 @@ def fit_many(
         key: an int seed or a JAX PRNG key.
         progress: show one progress bar of EM iterations for the whole batch.
         covariance_type, tol, reg_covar, max_iter, n_init, init, weights_init,
-            means_init, precisions_init, chunk_size: as in :func:`fit`, the same for
+            means_init, precisions_init, chunk_size, matmul_precision: as in
+            :func:`fit`, the same for
             every model (initial parameters: (K,), (K, D), covariance-shaped).
 
     Returns:
@@ -354,9 +364,9 @@ def fit_many(
     Raises:
         ValueError, TypeError: invalid input (naming the data set), before tracing.
     """
-    FitOptions(covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size).check(
-        n_components
-    )
+    FitOptions(
+        covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size, matmul_precision
+    ).check(n_components)
     check_key(key)
     models_sharding = None
     if isinstance(datasets, jax.Array) and datasets.ndim == 3:
@@ -377,6 +387,7 @@ def fit_many(
             init=init,
             inits=(weights_init, means_init, precisions_init),
             chunk_size=chunk_size,
+            matmul_precision=matmul_precision,
         )
     X, W = stack_datasets(datasets, sample_weight)
     n_models, n_samples, n_features = X.shape
@@ -408,7 +419,9 @@ def fit_many(
         pad = n_rows - n_samples
         X = np.concatenate([X, np.broadcast_to(X[:, :1], (n_models, pad, n_features))], axis=1)
         W = np.concatenate([W, np.zeros((n_models, pad), W.dtype)], axis=1)
-    static = _static_options(n_components, covariance_type, max_iter, n_init, init, chunk, progress)
+    static = _static_options(
+        n_components, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
+    )
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
     description = f"EM fit of {n_models} models, K={n_components}"
     with fit_progress(max_iter, description) if progress else nullcontext():
@@ -469,6 +482,7 @@ def _fit_sharded_models(
         options["init"],
         chunk,
         progress,
+        options["matmul_precision"],
     )
     static["sharding"] = sharding
     description = f"EM fit of {n_models} models, K={n_components}"

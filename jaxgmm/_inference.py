@@ -66,8 +66,14 @@ def _evaluate_program(
     With ``sharding``, each device scores its own rows (per-point outputs stay split
     the same way; the score's two sums are all-reduced).
     """
-    if sharding is None:
-        return _evaluate_rows(params, X, sample_weight, output, chunk_size, IN_MEMORY)
+    with jax.default_matmul_precision("highest"):  # full float32, also on TF32 GPUs
+        if sharding is None:
+            return _evaluate_rows(params, X, sample_weight, output, chunk_size, IN_MEMORY)
+        return _evaluate_sharded_rows(params, X, sample_weight, output, chunk_size, sharding)
+
+
+def _evaluate_sharded_rows(params, X, sample_weight, output, chunk_size, sharding):
+    """:func:`_evaluate_rows` under ``shard_map``: each device scores its own rows."""
     rows = PartitionSpec(sharding.axis)
     reducer = Sharded(axis_name=sharding.axis, n_shards=sharding.n_shards)
     return jax.shard_map(

@@ -6,6 +6,8 @@ import dataclasses
 
 from jaxgmm._validation import check_chunk_size, check_options
 
+MATMUL_PRECISIONS = ("highest", "high", "default")
+
 
 @dataclasses.dataclass(frozen=True)
 class FitOptions:
@@ -19,6 +21,10 @@ class FitOptions:
         n_init: restarts; the best final lower bound wins.
         init: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         chunk_size: rows per E-step chunk, or None for ~2 MiB intermediates.
+        matmul_precision: precision of the matrix products on the EM path:
+            ``"highest"`` (full float32, the default), ``"high"`` or ``"default"``
+            (on recent NVIDIA GPUs float32 products then run in TF32, about 10
+            mantissa bits: faster, but no longer scikit-learn's answers to 1e-6).
     """
 
     covariance_type: str = "full"
@@ -28,6 +34,7 @@ class FitOptions:
     n_init: int = 1
     init: str = "kmeans"
     chunk_size: int | None = None
+    matmul_precision: str = "highest"
 
     def check(self, n_components: int) -> FitOptions:
         """Raise ValueError/TypeError (with a fix) unless every option is valid; -> self."""
@@ -41,6 +48,11 @@ class FitOptions:
             self.init,
         )
         check_chunk_size(self.chunk_size)
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(
+                f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                f"{self.matmul_precision!r}."
+            )
         return self
 
 

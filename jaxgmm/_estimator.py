@@ -35,6 +35,8 @@ from jaxgmm._inference import score as _score
 from jaxgmm._init import INIT_METHODS
 from jaxgmm._options import DEFAULTS, MATMUL_PRECISIONS
 from jaxgmm._params import FitResult, GaussianMixtureParams
+from jaxgmm._sharding import leading_axis_sharding
+from jaxgmm._validation import check_data_array as _check_data_array
 from jaxgmm._validation import check_params as _check_params
 from jaxgmm._validation import check_sample_weight as _check_sample_weight
 
@@ -290,7 +292,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Validate, run the compiled fit, set the fitted attributes; returns the (N, D) data."""
         self._check_constructor_parameters()
         warm = bool(self.warm_start) and hasattr(self, "converged_")
-        X = _validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        X = self._validated(X, reset=True)
         n_samples = X.shape[0]
         if n_samples < self.n_components:
             raise ValueError(
@@ -488,7 +490,27 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _check_data(self, X) -> np.ndarray:
         check_is_fitted(self)
-        return _validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self._validated(X, reset=False)
+
+    def _validated(self, X, *, reset: bool):
+        """scikit-learn's input validation; row-sharded JAX arrays stay where they are.
+
+        A ``jax.Array`` split over devices along its rows is checked on the devices
+        by jaxgmm (shape, dtype, finite values) instead of being copied to one host
+        array, and fitted or scored shard by shard.
+        """
+        if leading_axis_sharding(X) is None:
+            kwargs = dict(ensure_min_samples=2) if reset else {}
+            return _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], **kwargs)
+        n_features = None if reset else self.n_features_in_
+        X = _check_data_array(X, n_features=n_features)
+        if reset:
+            if X.shape[0] < 2:
+                raise ValueError(f"Expected n_samples >= 2, got X with {X.shape[0]} row(s).")
+            self.n_features_in_ = X.shape[1]
+            if hasattr(self, "feature_names_in_"):  # a JAX array has no column names
+                del self.feature_names_in_
+        return X
 
     def _evaluate(self, X: np.ndarray, output: str, sample_weight=None):
         """One compiled program on rows that ``_check_data`` validated (no second check)."""

@@ -67,7 +67,8 @@ def draw_rows(key, potential, n_draws: int, X, index, reducer=IN_MEMORY):
     """
     totals = reducer.all_gather(jnp.sum(potential))
     bounds = jnp.cumsum(totals)
-    u = jax.random.uniform(key, (n_draws,), potential.dtype) * bounds[-1]
+    # float32 draws whatever the dtype: float32 and float64 fits start from the same rows.
+    u = jax.random.uniform(key, (n_draws,), jnp.float32).astype(potential.dtype) * bounds[-1]
     shard = jnp.minimum(jnp.searchsorted(bounds, u, side="right"), _last_positive(totals))
     me = reducer.shard_index()
     local_u = u - (bounds[me] - totals[me])
@@ -145,7 +146,7 @@ def _top_rows_by_gumbel(key, rows: Rows, n_rows: int, reducer=IN_MEMORY):
     """
     X, w, index = rows.flat()
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
-    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (), w.dtype))(row_keys)
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (), jnp.float32))(row_keys).astype(w.dtype)
     score = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)) + gumbel, -jnp.inf)
     local = min(n_rows, X.shape[0])
     top, position = jax.lax.top_k(score, local)

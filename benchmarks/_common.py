@@ -371,3 +371,44 @@ def run_child(code: str, args: Sequence[str], *, env: dict[str, str], timeout: f
         timeout=timeout,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_CALL_IN_CHILD = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+function = getattr(importlib.import_module(sys.argv[2]), sys.argv[3])
+print(json.dumps(function(json.loads(sys.argv[4])), default=float))
+"""
+
+
+def call_in_child(
+    module: str, function: str, spec: dict, *, env: dict[str, str], timeout: float
+) -> dict:
+    """``module.function(spec)`` in a fresh process with environment ``env``; its result.
+
+    The function takes and returns JSON-serialisable dicts. A failing child raises
+    RuntimeError with the end of its stderr (an overrunning one,
+    :class:`subprocess.TimeoutExpired`).
+    """
+    root = str(Path(__file__).resolve().parents[1])
+    try:
+        return run_child(
+            _CALL_IN_CHILD, [root, module, function, json.dumps(spec)], env=env, timeout=timeout
+        )
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(
+            f"{module}.{function} failed in a child process:\n{err.stderr[-4000:]}"
+        ) from err
+
+
+def device_peak_mib() -> float | None:
+    """Peak memory in use on JAX's first device so far (MiB), or None (no statistics).
+
+    Accelerator backends report their allocator's ``peak_bytes_in_use``; the CPU
+    backend keeps no statistics (``memory_stats()`` is None).
+    """
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20

@@ -11,59 +11,67 @@ Run: ``python -m benchmarks.bench_bign [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (
+    call_in_child,
     full_flops,
+    make_blobs,
     markdown_table,
+    matmul_gflops,
+    peak_rss_mib,
+    per_iteration,
     publish,
     report_heading,
-    run_child,
     start_run,
 )
 
-_CHILD = textwrap.dedent(
+
+def measure(spec: dict) -> dict:
+    """In the child process: generate the data, time the fit, record the peak RSS.
+
+    Args:
+        spec: ``n``, ``d``, ``k`` (the workload), ``a`` < ``b`` (the two ``max_iter``)
+            and ``repeats``.
+
+    Returns:
+        :func:`per_iteration`'s result with the spec, peak RSS, matmul rate and floor.
     """
-    import json, sys, time
-    sys.path.insert(0, sys.argv[2])
-    spec = json.loads(sys.argv[1])
-    from benchmarks._common import make_blobs, matmul_gflops, peak_rss_mib, per_iteration
     X = make_blobs(spec["n"], spec["d"], spec["k"], seed=5)
-    rss_data = peak_rss_mib()
-    import jax, jax.numpy as jnp
+    rss_data = peak_rss_mib()  # before JAX is imported
+    import jax.numpy as jnp
+
     import jaxgmm
+
     Xj = jnp.asarray(X)
     del X
-    def run(max_iter):
-        return jaxgmm.fit(Xj, spec["k"], max_iter=max_iter, tol=0.0,
-                          init="k-means++", key=0).params.means
+
+    def run(max_iter: int):
+        return jaxgmm.fit(
+            Xj, spec["k"], max_iter=max_iter, tol=0.0, init="k-means++", key=0
+        ).params.means
+
     res = per_iteration(run, spec["a"], spec["b"], spec["repeats"])
-    res["peak_rss_mib"] = peak_rss_mib()
-    res["rss_after_data_mib"] = rss_data
+    res.update(spec, peak_rss_mib=peak_rss_mib(), rss_after_data_mib=rss_data)
     res["matmul_gflops"] = matmul_gflops()
-    print(json.dumps(res))
-    """
-)
+    flops = full_flops(spec["n"], spec["k"], spec["d"])
+    res["floor_s"] = flops / (res["matmul_gflops"] * 1e9)
+    res["gflops"] = flops / res["per_iter_s"] / 1e9 if res["per_iter_s"] else None
+    res["data_mib"] = spec["n"] * spec["d"] * 4 / 2**20
+    return res
 
 
 def run(n: int, d: int, k: int, a: int, b: int, repeats: int) -> dict:
     """Run the workload in a child process; returns its measurements."""
     spec = dict(n=n, d=d, k=k, a=a, b=b, repeats=repeats)
-    root = str(Path(__file__).resolve().parents[1])
-    result = run_child(_CHILD, [json.dumps(spec), root], env=dict(os.environ), timeout=3000)
-    result.update(spec)
-    flops = full_flops(n, k, d)
-    result["floor_s"] = flops / (result["matmul_gflops"] * 1e9)
-    result["gflops"] = flops / result["per_iter_s"] / 1e9 if result["per_iter_s"] else None
-    result["data_mib"] = n * d * 4 / 2**20
-    return result
+    return call_in_child(
+        "benchmarks.bench_bign", "measure", spec, env=dict(os.environ), timeout=3000
+    )
 
 
 def render(info: dict, r: dict, quick: bool) -> str:

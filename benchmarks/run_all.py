@@ -20,6 +20,7 @@ from benchmarks import (
     bench_many,
     bench_realdata,
     bench_restarts,
+    bench_sharded,
 )
 from benchmarks._common import RESULTS_DIR, base_parser
 
@@ -32,6 +33,7 @@ SCRIPTS = {
     "compile_loop": bench_compile_loop,
     "latency": bench_latency,
     "realdata": bench_realdata,
+    "sharded": bench_sharded,
 }
 
 

@@ -27,6 +27,7 @@ def _import_benchmark(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def test_bench_sharded_quick_writes_table_and_same_lower_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """bench_sharded --quick: both placements timed on 2 devices, same lower bound."""
     bench = _import_benchmark("bench_sharded", monkeypatch)
     path = bench.main(["--quick", "--out", str(tmp_path)])
     text = path.read_text()
@@ -47,6 +48,7 @@ def test_bench_sharded_quick_writes_table_and_same_lower_bound(
 def test_gpu_check_quick_writes_report_and_checks_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """gpu_check --quick (tiny sizes on the CPU): report written, every check passes."""
     bench = _import_benchmark("gpu_check", monkeypatch)
     path = bench.main(["--quick", "--out", str(tmp_path)])  # SystemExit if a check fails
     text = path.read_text()

@@ -37,10 +37,11 @@ def _chunk(rng, n_rows):
     return X, resp, w
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
-    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    # A few chunk sizes only: every new shape compiles the eager operations again.
+    sizes=st.lists(st.sampled_from([1, 7, 16]), min_size=1, max_size=4),
     covariance_type=st.sampled_from(COVARIANCE_TYPES),
 )
 def test_sum_of_chunk_stats_is_the_stats_of_all_rows(seed, sizes, covariance_type):
@@ -62,7 +63,7 @@ def test_sum_of_chunk_stats_is_the_stats_of_all_rows(seed, sizes, covariance_typ
     np.testing.assert_allclose(total.n, w.sum(), rtol=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), covariance_type=st.sampled_from(COVARIANCE_TYPES))
 def test_recentring_equals_statistics_taken_around_the_new_shift(seed, covariance_type):
     rng = np.random.default_rng(seed)

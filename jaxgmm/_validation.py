@@ -623,7 +623,12 @@ def check_params(params) -> GaussianMixtureParams:
         return params
     if not all(isinstance(leaf, jax.Array) for leaf in leaves):
         params = jax.tree_util.tree_map(jnp.asarray, params)
-    finite, min_weight, weight_sum, min_chol = (float(v) for v in _params_summary(params))
+    summary = _params_summary(params)
+    if any(is_traced(v) for v in summary):
+        # Concrete params closed over by the user's jit/vmap/grad: the summary is staged
+        # into their trace, so its values are unknown here; nothing to check.
+        return params
+    finite, min_weight, weight_sum, min_chol = (float(v) for v in summary)
     if not finite:
         raise ValueError(
             "params contain NaN or infinite values, so they do not describe a mixture. If "

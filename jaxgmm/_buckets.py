@@ -64,8 +64,16 @@ def row_layout(n_rows: int, max_chunk: int) -> tuple[int, int]:
 
 
 def component_bucket(n_components: int) -> int:
-    """The padded component count of a single fit: the next power of two of K."""
-    return 1 << max(0, int(n_components) - 1).bit_length()
+    """The padded component count of a single fit.
+
+    The next power of two up to 8 (1, 2, 4, 8: few programs for small-K sweeps), then
+    the next multiple of 4 (12, 16, 20, ...), so padding never costs more than 1.33x
+    the compute of the true K above 8 (K = 10 pads to 12, not 16).
+    """
+    n_components = int(n_components)
+    if n_components <= 8:
+        return 1 << max(0, n_components - 1).bit_length()
+    return -(-n_components // 4) * 4
 
 
 def history_length(max_iter: int) -> int:

@@ -103,18 +103,21 @@ def needs_exact_e_step(params: GaussianMixtureParams) -> jax.Array:
     return jnp.any(variance < 1e3 * eps * params.means**2)
 
 
-def lost_precision(stats: Stats, params: GaussianMixtureParams, reg_covar: jax.Array) -> jax.Array:
-    """Whether moments summed around zero lost more than ~1e-3 of some variance.
+def lost_precision(stats: Stats, params: GaussianMixtureParams) -> jax.Array:
+    """Whether moments summed around zero lost more than ~1e-3 of some covariance.
 
     The fused ``diag``/``spherical`` kernels sum second moments around the data's centre;
     a variance then comes out as a difference with absolute error ~ eps * (second
-    moment). When some variance is below 1e3 * eps times its second moment (a tight
-    component far from the centre, e.g. collapsed onto duplicated points), the driver
-    recomputes the statistics exactly with :func:`exact_e_step`.
+    moment). When some regularised variance (``reg_covar`` included: the error only
+    matters relative to the covariance the M-step returns) is below 1e3 * eps times
+    its second moment (a tight component far from the centre, e.g. collapsed onto
+    duplicated points, with a small ``reg_covar``), the solver recomputes the
+    statistics exactly with :func:`exact_e_step`. Features that are constant within a
+    component (common in real data: blank pixels) have variance 0 and are exact up to
+    that error, so with the default ``reg_covar`` they do not trigger the exact pass.
 
     Args:
         stats: statistics around zero from :func:`e_step`; params: the M-step's output.
-        reg_covar: () the regularisation included in ``params.covariances``.
 
     Returns:
         () bool.
@@ -123,7 +126,7 @@ def lost_precision(stats: Stats, params: GaussianMixtureParams, reg_covar: jax.A
     n_k = stats.n_k + 10 * jnp.finfo(stats.n_k.dtype).eps
     second_moment = stats.s_xx / n_k.reshape(n_k.shape + (1,) * (stats.s_xx.ndim - 1))
     second_moment = model.per_feature(second_moment, params.n_features)
-    variance = model.variances(params.covariances - reg_covar)
+    variance = model.variances(params.covariances)
     eps = jnp.finfo(variance.dtype).eps
     return jnp.any(variance < 1e3 * eps * second_moment)
 

@@ -76,7 +76,7 @@ class EM:
                 return m_step(stats, reg, old.covariance_type, active)
 
             new_params = cond_any(
-                lost_precision(stats, new_params, self.reg_covar),
+                lost_precision(stats, new_params),
                 exact,
                 lambda rows, old, new, reg, active: new,
                 rows,

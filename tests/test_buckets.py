@@ -57,7 +57,19 @@ def test_row_grid_needs_six_programs_for_500_to_5000_rows():
 
 
 def test_component_and_history_buckets():
-    assert [component_bucket(k) for k in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 16]
+    assert [component_bucket(k) for k in (1, 2, 3, 4, 5, 8, 9, 10, 12, 13, 31)] == [
+        1,
+        2,
+        4,
+        4,
+        8,
+        8,
+        12,
+        12,
+        12,
+        16,
+        32,
+    ]
     assert [history_length(m) for m in (0, 1, 2, 3, 100, 128, 129)] == [1, 1, 2, 4, 128, 128, 256]
 
 

@@ -127,7 +127,7 @@ def fit_compiled(
 
 def _fit_sharded(X, sample_weight, row_index, sharding: RowSharding, options: dict):
     """:func:`_fit_rows` under ``shard_map``: each device fits with its own rows."""
-    reducer = Sharded(axis_name=sharding.axis, n_shards=sharding.n_shards)
+    reducer = Sharded(axis_name=sharding.axis)
     rows_spec = PartitionSpec(sharding.axis)
     return jax.shard_map(
         partial(_fit_rows, reducer=reducer, **options),

@@ -75,7 +75,7 @@ def _evaluate_program(
 def _evaluate_sharded_rows(params, X, sample_weight, output, chunk_size, sharding):
     """:func:`_evaluate_rows` under ``shard_map``: each device scores its own rows."""
     rows = PartitionSpec(sharding.axis)
-    reducer = Sharded(axis_name=sharding.axis, n_shards=sharding.n_shards)
+    reducer = Sharded(axis_name=sharding.axis)
     return jax.shard_map(
         partial(_evaluate_rows, output=output, chunk_size=chunk_size, reducer=reducer),
         mesh=sharding.mesh,

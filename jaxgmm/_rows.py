@@ -94,8 +94,6 @@ def add(total, new):
 class InMemory:
     """Every row is in this program: sums run as a scan over chunks."""
 
-    n_shards = 1
-
     def sum(self, fn: Callable, rows: Rows):
         """Sum ``fn(x (C, D), weight (C,), index (C,))`` over every chunk of ``rows``."""
         if rows.x.shape[0] == 1:
@@ -114,7 +112,7 @@ class InMemory:
         return tree
 
     def all_gather(self, x: jax.Array) -> jax.Array:
-        """Every shard's ``x`` stacked along a new leading (n_shards,) axis."""
+        """Every shard's ``x`` stacked along a new leading (S,) axis (S shards)."""
         return x[None]
 
     def shard_index(self) -> jax.Array:
@@ -132,11 +130,9 @@ class Sharded(InMemory):
 
     Attributes:
         axis_name: the mesh axis (or axes) the rows are split over.
-        n_shards: the number of devices along it.
     """
 
     axis_name: str | tuple[str, ...] = "data"
-    n_shards: int = 1
 
     def all_reduce(self, tree):
         """The sum of ``tree`` over every device of the axis (one all-reduce)."""
@@ -145,7 +141,7 @@ class Sharded(InMemory):
         return jax.lax.psum(tree, self.axis_name)
 
     def all_gather(self, x: jax.Array) -> jax.Array:
-        """Every device's ``x`` stacked along a new leading (n_shards,) axis."""
+        """Every device's ``x`` stacked along a new leading (S,) axis (S shards)."""
         return jax.lax.all_gather(x, self.axis_name)
 
     def shard_index(self) -> jax.Array:

@@ -13,6 +13,7 @@ a failure (traceback on stderr).
 """
 
 import argparse
+import inspect
 import json
 import sys
 import traceback
@@ -58,13 +59,16 @@ def start_cluster(port: int, process_id: int):
 
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.config.update("jax_enable_x64", True)
+        # Short timeouts bound a failure; older JAX versions lack some of them.
+        timeouts = dict(
+            initialization_timeout=60, heartbeat_timeout_seconds=30, shutdown_timeout_seconds=30
+        )
+        accepted = inspect.signature(jax.distributed.initialize).parameters
         jax.distributed.initialize(
             coordinator_address=f"127.0.0.1:{port}",
             num_processes=N_PROCESSES,
             process_id=process_id,
-            initialization_timeout=60,
-            heartbeat_timeout_seconds=30,
-            shutdown_timeout_seconds=30,
+            **{name: value for name, value in timeouts.items() if name in accepted},
         )
         mesh = jax.make_mesh((len(jax.devices()),), ("data",), devices=jax.devices())
         ones = np.ones((jax.local_device_count(), 1))

@@ -47,11 +47,6 @@ class Rows:
         """D."""
         return self.x.shape[-1]
 
-    @property
-    def chunk_size(self) -> int:
-        """Rows per chunk C."""
-        return self.x.shape[-2]
-
     def flat(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(x (N, D), weight (N,), index (N,)) of every row, chunks concatenated."""
         return (

@@ -471,11 +471,6 @@ def check_sample_weight(sample_weight, n_samples: int, dtype, n_components: int)
 # ------------------------------------------------------------- initial parameters
 
 
-def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
-    """Shape of ``covariances``/``precisions`` for a covariance type."""
-    return covariance_model(covariance_type).shape(n_components, n_features)
-
-
 def _as_checked_array(value, name: str, shape: tuple, dtype):
     """Check shape and finiteness; concrete values come back as float64 numpy arrays."""
     if not is_traced(value):
@@ -544,7 +539,7 @@ def check_initial_params(
     else:
         out.append(None)
     if precisions_init is not None:
-        shape = covariance_shape(covariance_type, n_components, n_features)
+        shape = covariance_model(covariance_type).shape(n_components, n_features)
         p = _as_checked_array(precisions_init, f"precisions_init ({covariance_type})", shape, dtype)
         if not is_traced(p):
             name = f"precisions_init ({covariance_type})"
@@ -602,8 +597,8 @@ def check_params(params) -> GaussianMixtureParams:
     k, d = np.shape(means)
     expected = {
         "weights": (k,),
-        "covariances": covariance_shape(params.covariance_type, k, d),
-        "precisions_cholesky": covariance_shape(params.covariance_type, k, d),
+        "covariances": covariance_model(params.covariance_type).shape(k, d),
+        "precisions_cholesky": covariance_model(params.covariance_type).shape(k, d),
     }
     for field, shape in expected.items():
         got = tuple(np.shape(getattr(params, field)))

@@ -205,8 +205,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
 
 
 def _check(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    from jaxgmm._covariance import COVARIANCE_TYPES
-    from jaxgmm._validation import covariance_shape
+    from jaxgmm._covariance import COVARIANCE_TYPES, covariance_model
 
     bad = f"{str(path)!r} is corrupt:"
     missing = [name for name in _ARRAYS if name not in arrays]
@@ -221,7 +220,7 @@ def _check(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> N
     k, d = meta.get("n_components"), meta.get("n_features")
     if not (isinstance(k, int) and isinstance(d, int) and k >= 1 and d >= 1):
         raise ModelFileError(f"{bad} invalid n_components/n_features {k!r}/{d!r}.")
-    cov_shape = covariance_shape(covariance_type, k, d)
+    cov_shape = covariance_model(covariance_type).shape(k, d)
     shapes = {
         "weights": (k,),
         "means": (k, d),

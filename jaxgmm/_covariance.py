@@ -40,7 +40,12 @@ one product each way. Exact enough while components sit within a few hundred sta
 deviations of the data's centre (error ``eps * R**2``); an exact per-component form
 would cost a (C, K, D) elementwise pass, several times the products' cost here.
 
-``tied`` -- the generic path (``log_prob`` then ``statistics``).
+``tied`` -- exact whitened log-densities (one (D, D) product per chunk, then each
+component's whitened mean subtracted), and moments around zero: the shared scatter
+matrix is ``sum w x x^T - sum_k n_k xbar_k xbar_k^T``, as scikit-learn computes it. That
+costs ``C * D**2`` per chunk instead of the generic path's ``K * C * D**2``; the
+cancellation (``eps`` times the ratio of the data's spread to the within-component
+spread) is caught like ``diag``'s by :func:`jaxgmm._em.lost_precision`.
 """
 
 from __future__ import annotations
@@ -64,8 +69,11 @@ class CovarianceModel(Protocol):
     Attributes:
         name: the covariance type, e.g. ``"full"``.
         per_component: one covariance per component (False: one shared by all).
-        fused: has the one-pass ``fused_chunk`` / ``fused_finish`` E-step kernel.
-        expanded: the fused kernel sums moments around zero (the data's centre), so
+        expanded_density: the fused kernel's log-densities are expanded around zero
+            (``x*x`` features): exact only while components sit within a few hundred
+            standard deviations of the data's centre, so the solver takes the exact
+            E-step otherwise (see :func:`jaxgmm._em.needs_exact_e_step`).
+        expanded_moments: the fused kernel sums moments around zero (the data's centre), so
             the driver checks for lost float32 precision and then takes the exact
             difference-based pass (see :func:`jaxgmm._em.lost_precision`).
         row_sized: the fused kernel's largest per-chunk intermediate holds K + D
@@ -74,8 +82,8 @@ class CovarianceModel(Protocol):
 
     name: ClassVar[str]
     per_component: ClassVar[bool]
-    fused: ClassVar[bool]
-    expanded: ClassVar[bool]
+    expanded_density: ClassVar[bool]
+    expanded_moments: ClassVar[bool]
     row_sized: ClassVar[bool]
 
     def shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
@@ -117,7 +125,7 @@ class CovarianceModel(Protocol):
     def variances(self, covariances) -> jax.Array:
         """Per-feature variances, broadcastable against (K, D) means."""
 
-    def per_feature(self, second_moment, n_features: int) -> jax.Array:
+    def mean_second_moment(self, s_xx, n_k, n_features: int) -> jax.Array:
         """A second moment (or its quotient by n_k) per feature, like :meth:`variances`."""
 
     def n_parameters(self, n_components: int, n_features: int) -> int:
@@ -306,7 +314,7 @@ def _check_precision_matrices(matrices: np.ndarray, dtype: np.dtype, name: str) 
 class _MatrixCovariance:
     """What ``full`` and ``tied`` share: (D, D) covariance matrices."""
 
-    expanded = False
+    expanded_density = False
     row_sized = False
     precisions_cholesky = staticmethod(_inverse_transpose_cholesky)
     precisions_cholesky_from_precisions = staticmethod(_upper_cholesky_of_precision)
@@ -327,17 +335,12 @@ class _MatrixCovariance:
         """Diagonal of the covariances; (..., D, D) -> (..., D)."""
         return jnp.diagonal(covariances, axis1=-2, axis2=-1)
 
-    @staticmethod
-    def per_feature(second_moment: jax.Array, n_features: int) -> jax.Array:
-        """Diagonal of (..., D, D) second moments."""
-        return jnp.diagonal(second_moment, axis1=-2, axis2=-1)
-
 
 class _VarianceCovariance:
     """What ``diag`` and ``spherical`` share: variances, fused kernels expanded at zero."""
 
-    fused = True
-    expanded = True
+    expanded_density = True
+    expanded_moments = True
     row_sized = True
 
     @staticmethod
@@ -376,7 +379,7 @@ class Full(_MatrixCovariance):
 
     name = "full"
     per_component = True
-    fused = True
+    expanded_moments = False
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
@@ -403,6 +406,11 @@ class Full(_MatrixCovariance):
     def check_precisions(precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
         """Raise unless every (D, D) precision matrix is positive definite."""
         _check_precision_matrices(precisions, dtype, name)
+
+    @staticmethod
+    def mean_second_moment(s_xx: jax.Array, n_k: jax.Array, n_features: int) -> jax.Array:
+        """Per-feature mean second moments, diag(s_xx_k) / n_k; -> (K, D)."""
+        return jnp.diagonal(s_xx, axis1=-2, axis2=-1) / n_k[:, None]
 
     @staticmethod
     def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
@@ -508,7 +516,7 @@ class Tied(_MatrixCovariance):
 
     name = "tied"
     per_component = False
-    fused = False
+    expanded_moments = True
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
@@ -537,6 +545,11 @@ class Tied(_MatrixCovariance):
         return covariances
 
     @staticmethod
+    def mean_second_moment(s_xx: jax.Array, n_k: jax.Array, n_features: int) -> jax.Array:
+        """Per-feature mean second moments of all rows, diag(s_xx) / sum(n_k); -> (D,)."""
+        return jnp.diagonal(s_xx) / jnp.sum(n_k)
+
+    @staticmethod
     def log_prob(X, means, precisions_cholesky):
         """Log-density of each point under each component; -> (C, K)."""
         y = (X @ precisions_cholesky)[:, None, :] - (means @ precisions_cholesky)[None, :, :]
@@ -556,6 +569,45 @@ class Tied(_MatrixCovariance):
         n_features = X.shape[1]
         s_xx = weighted.reshape(-1, n_features).T @ diff.reshape(-1, n_features)
         return jnp.sum(weighted, axis=0), s_xx
+
+    @staticmethod
+    def fused_chunk(X, sample_weight, means, precisions_cholesky, log_weights):
+        """E-step of one chunk and its partial statistics (moments around zero).
+
+        Log-densities are exact: the chunk is whitened once by the shared factor U
+        (one (D, D) @ (D, C) product) and each component's whitened mean is
+        subtracted explicitly, so the rounding error is ``eps * R``, as for ``full``.
+        The moments need no per-component product: the shared scatter matrix is
+        ``sum_c w_c x_c x_c^T - sum_k n_k xbar_k xbar_k^T`` (scikit-learn's form), from
+        the chunk's weighted second moment and ``sum_c r_ck x_c``.
+
+        Args:
+            X: (C, D) centred rows; sample_weight: (C,); means: (K, D);
+            precisions_cholesky: (D, D) upper factor U; log_weights: (K,).
+
+        Returns:
+            :class:`FusedPartials` with ``moments`` = (n_k (K,), sum_c r_ck x_c (K, D),
+            sum_c w_c x_c x_c^T (D, D)).
+        """
+        n_features = means.shape[1]
+        whitened = _dot_rows(precisions_cholesky.T, X)  # (D, C): U^T x
+        y = whitened[None] - (means @ precisions_cholesky)[:, :, None]  # (K, D, C)
+        log_det = jnp.sum(jnp.log(jnp.diagonal(precisions_cholesky)))
+        const = log_det + log_weights - 0.5 * n_features * _LOG_2PI
+        log_prob = const[:, None] - 0.5 * jnp.sum(y * y, axis=1)
+        resp_w, log_norm = _weighted_responsibilities(log_prob, sample_weight)
+        scatter = _dot_chunk((X * sample_weight[:, None]).T, X)
+        return FusedPartials(
+            moments=(jnp.sum(resp_w, axis=1), _dot_chunk(resp_w, X), scatter),
+            log_lik_sum=_log_lik_sum(log_norm, sample_weight),
+            n=jnp.sum(sample_weight),
+        )
+
+    @staticmethod
+    def fused_finish(moments, means, precisions_cholesky):
+        """(n_k, shift, s_x, s_xx) around zero from summed :meth:`fused_chunk` moments."""
+        n_k, s_x, s_xx = moments
+        return n_k, jnp.zeros_like(means), s_x, 0.5 * (s_xx + s_xx.T)
 
     @staticmethod
     def covariances(n_k, mean_shift, s_xx, reg_covar):
@@ -596,9 +648,9 @@ class Diag(_VarianceCovariance):
         return covariances
 
     @staticmethod
-    def per_feature(second_moment: jax.Array, n_features: int) -> jax.Array:
-        """The (K, D) second moments themselves."""
-        return second_moment
+    def mean_second_moment(s_xx: jax.Array, n_k: jax.Array, n_features: int) -> jax.Array:
+        """Per-feature mean second moments, s_xx / n_k; -> (K, D)."""
+        return s_xx / n_k[:, None]
 
     @staticmethod
     def full_matrices(covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
@@ -706,9 +758,9 @@ class Spherical(_VarianceCovariance):
         return covariances[:, None]
 
     @staticmethod
-    def per_feature(second_moment: jax.Array, n_features: int) -> jax.Array:
-        """Summed squared norms (K,) as a per-feature mean, (K, 1)."""
-        return (second_moment / n_features)[:, None]
+    def mean_second_moment(s_xx: jax.Array, n_k: jax.Array, n_features: int) -> jax.Array:
+        """Summed squared norms as a per-row, per-feature mean; -> (K, 1)."""
+        return (s_xx / (n_k * n_features))[:, None]
 
     @staticmethod
     def full_matrices(covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:

@@ -28,10 +28,10 @@ def log_resp_and_norm(X: jax.Array, params: GaussianMixtureParams):
 def e_step(rows: Rows, params: GaussianMixtureParams, reducer=IN_MEMORY) -> Stats:
     """E-step over all rows: summed sufficient statistics and log-likelihood.
 
-    Covariance models with a fused kernel (``full``, ``diag``, ``spherical``) compute
-    log-densities, responsibilities and moments of a chunk in one pass of two matrix
-    products (see :mod:`jaxgmm._covariance`); the others use the generic
-    ``log_prob`` / ``statistics`` pair.
+    Every covariance model has a fused kernel: log-densities, responsibilities and
+    moments of a chunk in one pass of a few matrix products (see
+    :mod:`jaxgmm._covariance`); the generic ``log_prob`` / ``statistics`` pair is the
+    exact fallback (:func:`exact_e_step`).
 
     Args:
         rows: the data (:class:`~jaxgmm._rows.Rows`, chunks of (C, D)).
@@ -42,8 +42,6 @@ def e_step(rows: Rows, params: GaussianMixtureParams, reducer=IN_MEMORY) -> Stat
         :class:`Stats` summed over every row.
     """
     model = covariance_model(params.covariance_type)
-    if not model.fused:
-        return exact_e_step(rows, params, model.shift(params.means), reducer)
     log_weights = jnp.log(params.weights)
 
     def fused(X, sample_weight, index):
@@ -106,7 +104,8 @@ def needs_exact_e_step(params: GaussianMixtureParams) -> jax.Array:
 def lost_precision(stats: Stats, params: GaussianMixtureParams) -> jax.Array:
     """Whether moments summed around zero lost more than ~1e-3 of some covariance.
 
-    The fused ``diag``/``spherical`` kernels sum second moments around the data's centre;
+    The fused ``tied``/``diag``/``spherical`` kernels sum second moments around the
+    data's centre;
     a variance then comes out as a difference with absolute error ~ eps * (second
     moment). When some regularised variance (``reg_covar`` included: the error only
     matters relative to the covariance the M-step returns) is below 1e3 * eps times
@@ -124,8 +123,7 @@ def lost_precision(stats: Stats, params: GaussianMixtureParams) -> jax.Array:
     """
     model = covariance_model(params.covariance_type)
     n_k = stats.n_k + 10 * jnp.finfo(stats.n_k.dtype).eps
-    second_moment = stats.s_xx / n_k.reshape(n_k.shape + (1,) * (stats.s_xx.ndim - 1))
-    second_moment = model.per_feature(second_moment, params.n_features)
+    second_moment = model.mean_second_moment(stats.s_xx, n_k, params.n_features)
     variance = model.variances(params.covariances)
     eps = jnp.finfo(variance.dtype).eps
     return jnp.any(variance < 1e3 * eps * second_moment)

@@ -54,7 +54,7 @@ class EM:
         """
         model = covariance_model(params.covariance_type)
         reducer = self.reducer
-        if model.expanded:
+        if model.expanded_density:
             # The fused kernels expand (x - mu)^2 around the data's centre; tight
             # components far from it (float32) take the exact difference-based pass.
             # (cond_any: under vmap only the members that need it pay for it.)
@@ -68,11 +68,12 @@ class EM:
         else:
             stats = e_step(rows, params, reducer)
         new_params = m_step(stats, self.reg_covar, params.covariance_type, self.active)
-        if model.expanded:
-            # Fused moments are summed around zero; redo them exactly around the new
-            # means when that cancelled away a variance (float32, tight far components).
+        if model.expanded_moments:
+            # Fused moments are summed around zero; redo them exactly around the
+            # current means when that cancelled away a variance (float32, tight far
+            # components; or a collapsed component, whose variance is then exactly 0).
             def exact(rows, old, new, reg, active):
-                stats = exact_e_step(rows, old, new.means, reducer)
+                stats = exact_e_step(rows, old, old.means, reducer)
                 return m_step(stats, reg, old.covariance_type, active)
 
             new_params = cond_any(

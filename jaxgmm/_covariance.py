@@ -95,6 +95,13 @@ class CovarianceModel(Protocol):
     def shift(self, means) -> jax.Array:
         """The point (K, D) each component's exact moments are taken around."""
 
+    def row_statistics(self, diff, resp_w) -> tuple[jax.Array, jax.Array]:
+        """(s_x, s_xx) of one chunk whose rows are already shifted; diff: (C, D).
+
+        Exact when each row's responsibilities sit on components that share one shift
+        (hard assignments, or one shift for every component): no (C, K, D) work.
+        """
+
     def statistics(self, X, resp_w, shift) -> tuple[jax.Array, jax.Array]:
         """(s_x (K, D), s_xx) of one chunk around ``shift``, from differences."""
 
@@ -432,6 +439,12 @@ class Full(_MatrixCovariance):
         return means
 
     @staticmethod
+    def row_statistics(diff: jax.Array, resp_w: jax.Array):
+        """(s_x (K, D), s_xx (K, D, D)) from shifted rows diff: (C, D), as one product."""
+        weighted = resp_w.T[:, :, None] * diff[None]
+        return resp_w.T @ diff, jnp.einsum("kcd,ce->kde", weighted, diff)
+
+    @staticmethod
     def statistics(X: jax.Array, resp_w: jax.Array, shift: jax.Array):
         """(s_x (K, D), s_xx (K, D, D)) of one chunk, around ``shift`` (K, D)."""
         diff = X[:, None, :] - shift[None, :, :]
@@ -562,6 +575,11 @@ class Tied(_MatrixCovariance):
         return means
 
     @staticmethod
+    def row_statistics(diff, resp_w):
+        """(s_x (K, D), s_xx (D, D)) from shifted rows diff: (C, D)."""
+        return resp_w.T @ diff, (diff * jnp.sum(resp_w, axis=1)[:, None]).T @ diff
+
+    @staticmethod
     def statistics(X, resp_w, shift):
         """(s_x (K, D), s_xx (D, D) summed over components) of one chunk, around ``shift``."""
         diff = X[:, None, :] - shift[None, :, :]
@@ -670,6 +688,11 @@ class Diag(_VarianceCovariance):
         return -0.5 * (X.shape[1] * _LOG_2PI + maha) + log_det
 
     shift = staticmethod(jnp.zeros_like)
+
+    @staticmethod
+    def row_statistics(diff, resp_w):
+        """(s_x (K, D), s_xx (K, D)) from shifted rows diff: (C, D)."""
+        return resp_w.T @ diff, resp_w.T @ (diff * diff)
 
     @staticmethod
     def statistics(X, resp_w, shift):
@@ -782,6 +805,11 @@ class Spherical(_VarianceCovariance):
         return -0.5 * (n_features * _LOG_2PI + maha) + log_det
 
     shift = staticmethod(jnp.zeros_like)
+
+    @staticmethod
+    def row_statistics(diff, resp_w):
+        """(s_x (K, D), s_xx (K,)) from shifted rows diff: (C, D)."""
+        return resp_w.T @ diff, resp_w.T @ jnp.sum(diff * diff, axis=1)
 
     @staticmethod
     def statistics(X, resp_w, shift):

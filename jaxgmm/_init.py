@@ -21,7 +21,7 @@ from jaxgmm._em import m_step
 from jaxgmm._loops import compacting_while_loop
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, Rows
-from jaxgmm._stats import chunk_stats
+from jaxgmm._stats import assigned_stats
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 _LLOYD_MAX_ITER = 300
@@ -273,6 +273,7 @@ def initial_params(
         raise ValueError(f"unknown init {init!r}; expected one of {INIT_METHODS}")
 
     def one_chunk(X, w, index):
-        return chunk_stats(X, resp_fn(X, index), w, shift, covariance_type)
+        # Hard assignments (or zero shift for "random"): one shift per row.
+        return assigned_stats(X, resp_fn(X, index), w, shift, covariance_type)
 
     return m_step(reducer.sum(one_chunk, rows), reg_covar, covariance_type, active)

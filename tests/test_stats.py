@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxgmm._covariance import COVARIANCE_TYPES
-from jaxgmm._stats import chunk_stats
+from jaxgmm._stats import assigned_stats, chunk_stats
 
 D, K = 3, 2
 
@@ -88,6 +88,27 @@ def test_recentring_onto_the_same_shift_changes_nothing():
         same = stats.recentre(shift)
         for name in ("n_k", "s_x", "s_xx"):
             np.testing.assert_array_equal(getattr(same, name), getattr(stats, name))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), covariance_type=st.sampled_from(COVARIANCE_TYPES))
+def test_assigned_stats_equal_the_numpy_statistics(seed, covariance_type):
+    """The initialisers' shortcut (one shift per row) is exact for hard assignments
+    around distinct shifts (some rows unassigned, as for seed rows) and for soft
+    responsibilities around one shift shared by all components."""
+    rng = np.random.default_rng(seed)
+    X, soft, w = _chunk(rng, 40)
+    labels = rng.integers(-1, K, size=len(X))  # -1: a row assigned to no component
+    hard = (labels[:, None] == np.arange(K)).astype(float)
+    for resp, shift in (
+        (hard, rng.normal(size=(K, D)) * 4),
+        (soft, np.broadcast_to(rng.normal(size=D) * 4, (K, D))),
+    ):
+        stats = assigned_stats(*map(jnp.asarray, (X, resp, w, shift)), covariance_type)
+        n_k, s_x, s_xx = _numpy_stats(X, resp, w, shift, covariance_type)
+        np.testing.assert_allclose(stats.n_k, n_k, rtol=1e-12)
+        np.testing.assert_allclose(stats.s_x, s_x, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(stats.s_xx, s_xx, rtol=1e-9, atol=1e-9)
 
 
 def test_no_covariance_type_string_is_compared_outside_the_covariance_module():

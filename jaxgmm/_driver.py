@@ -168,7 +168,7 @@ def _fit_rows(
     # One refinement pass: the first mean can be an ulp off (e.g. division done as a
     # reciprocal product); constant data then centre to exactly zero.
     center = center + reducer.sum(lambda x, w, i: w @ (x - center), rows) / total_weight
-    rows = dataclasses.replace(rows, x=rows.x - center)
+    rows = rows.centred(center)  # read centred chunk by chunk: no (N, D) copy
     if means_init is not None:
         means_init = means_init - center
     active = jnp.arange(n_components, dtype=n_active.dtype) < n_active

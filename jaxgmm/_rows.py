@@ -59,12 +59,24 @@ class Rows:
         return dataclasses.replace(self, offset=offset)
 
     def flat(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(x (N, D), weight (N,), index (N,)) of every row as read, chunks concatenated."""
+        """(x (N, D) as stored, weight (N,), index (N,)), chunks concatenated.
+
+        ``x`` is *not* read through :meth:`read` (that would store a centred copy):
+        callers read the few rows they pick, or use :meth:`map_chunks`.
+        """
         return (
-            self.read(self.x.reshape(-1, self.n_features)),
+            self.x.reshape(-1, self.n_features),
             self.weight.reshape(-1),
             self.index.reshape(-1),
         )
+
+    def map_chunks(self, fn: Callable) -> jax.Array:
+        """``fn(x)`` for every chunk of rows as read, concatenated; (C, D) -> (C, ...)
+        per chunk, (N, ...) in all. Only one chunk is read at a time."""
+        if self.x.shape[0] == 1:
+            return fn(self.read(self.x[0]))
+        out = jax.lax.map(lambda x: fn(self.read(x)), self.x)
+        return out.reshape((-1,) + out.shape[2:])
 
     def chunks(self) -> tuple[jax.Array, ...]:
         """The stored arrays with a leading chunk axis, as ``lax.scan`` walks them

@@ -15,6 +15,7 @@ from jaxgmm._chunking import chunk_size_for
 from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
+from jaxgmm._implicit import stop_gradients, with_implicit_gradients
 from jaxgmm._keys import as_key
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, Status, first_components
@@ -213,7 +214,7 @@ def fit(
     # sizes share one compiled program. Traced input keeps its own shapes.
     max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
     n_padded = n_components
-    traced = is_traced(X) or is_traced(sample_weight)
+    traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
     if sharding is not None:  # each shard padded where it lives; stats cross devices
         if not traced:
@@ -237,18 +238,14 @@ def fit(
     )
     static["sharding"] = sharding
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
-        result = fit_compiled(
-            X,
-            sample_weight,
-            row_index,
-            as_key(key),
-            jnp.asarray(tol, X.dtype),
-            jnp.asarray(reg_covar, X.dtype),
-            jnp.asarray(max_iter, jnp.int32),
-            jnp.asarray(n_components, jnp.int32),
-            *inits,
-            **static,
-        )
+        args = (X, sample_weight, row_index, as_key(key), jnp.asarray(tol, X.dtype))
+        args += (jnp.asarray(reg_covar, X.dtype), jnp.asarray(max_iter, jnp.int32))
+        args += (jnp.asarray(n_components, jnp.int32), *inits)
+        # Traced input (the user's jit/vmap/grad): gradients by the implicit function
+        # theorem (jaxgmm._implicit), never through the loop.
+        result = fit_compiled(*(stop_gradients(args) if traced else args), **static)
+        if traced:
+            result = with_implicit_gradients(result, X, sample_weight, args[5], chunk)
         if progress and not is_traced(result.status):
             jax.block_until_ready(result)
     history = result.history
@@ -256,13 +253,17 @@ def fit(
     result = dataclasses.replace(
         result, params=first_components(result.params, n_components), history=history
     )
-    if not is_traced(result.status) and int(result.status) == Status.NON_FINITE:
+    concrete = not traced and not is_traced(result.status)  # else: NaN gradients, no raise
+    if concrete and int(result.status) == Status.NON_FINITE:
         raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))
-    if offset is not None:
+    if offset is not None and is_traced(result.params.means):  # traced reg_covar or inits
+        means = result.params.means + jnp.asarray(offset, X.dtype)
+        result = dataclasses.replace(result, params=dataclasses.replace(result.params, means=means))
+    elif offset is not None:
         means = np.asarray(result.params.means, np.float64) + offset
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(X.dtype)))
         result = dataclasses.replace(result, params=params)
-    if not is_traced(result.status):
+    if concrete:
         mark_checked(result.params)  # finite (NON_FINITE raised above), weights sum to 1
     return result
 

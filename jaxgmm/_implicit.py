@@ -46,6 +46,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax.scipy.sparse.linalg import gmres
+from jax.sharding import PartitionSpec
 
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import exact_e_step, m_step
@@ -120,6 +121,7 @@ def _em_map(theta, X, sample_weight, reg_covar, *, covariance_type, center, chun
         (new theta, () mean log-likelihood of ``theta``, the fit's lower bound).
     """
     weights, means, covariances = theta
+    X, sample_weight = _replicated(X), _replicated(sample_weight)
     model = covariance_model(covariance_type)
     params = GaussianMixtureParams(
         weights=weights,
@@ -152,7 +154,8 @@ def _adjoint(
     (covariances_bar,) = chol_vjp(params_bar.precisions_cholesky)
     theta_bar = (params_bar.weights, params_bar.means, params_bar.covariances + covariances_bar)
 
-    center = sample_weight @ X / jnp.sum(sample_weight)
+    weight_rep = _replicated(sample_weight)
+    center = weight_rep @ _replicated(X) / jnp.sum(weight_rep)
     em_map = partial(
         _em_map,
         covariance_type=params.covariance_type,
@@ -177,6 +180,20 @@ def _adjoint(
 
 
 _fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+    """``x`` itself, or a replicated copy when its type says it is split (Explicit axes).
+
+    Rows split over an Explicit mesh axis would make every sum over rows ambiguous to
+    JAX's sharding types; the backward pass gathers them (its cotangent goes back
+    split like ``x``). The forward fit still never gathers the rows.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", ())
+    if not any(entry is not None for entry in spec):
+        return x
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, PartitionSpec()))
 
 
 def _solve(operator, rhs):

@@ -149,6 +149,18 @@ def fit(
     ``vmap``) is one compiled program; a second call with the same shapes and static
     options does not compile again. ``fit`` works under ``jax.jit`` and ``jax.vmap``.
 
+    ``fit`` is differentiable in reverse mode (``jax.grad``, ``jax.vjp``,
+    ``jax.jacrev``): ``params`` and ``lower_bound`` have gradients with respect to X,
+    ``sample_weight`` and ``reg_covar`` by the implicit function theorem at the
+    fitted fixed point of EM (see :mod:`jaxgmm._implicit`); the iterations are never
+    differentiated. The choice of restart, ``n_iter``, ``status``, ``history`` and
+    ``restart_lower_bounds`` are constants; initial parameters get zero gradients
+    (the fixed point does not move with them). A fit stopped at ``max_iter`` gets the
+    implicit gradient at the parameters it returns, as if they were the fixed point
+    (accurate once EM has converged well beyond ``tol``); a ``NON_FINITE`` fit gets
+    NaN gradients. Forward mode (``jax.jvp``, ``jax.jacfwd``) and second derivatives
+    are not supported.
+
     Args:
         X: (N, D) data. float64 input is fitted in float64 when x64 is enabled,
             everything else in float32. More precise input than the compute dtype
@@ -364,11 +376,19 @@ def fit_many(
 
     Raises:
         ValueError, TypeError: invalid input (naming the data set), before tracing.
+        TypeError: traced data sets (inside ``jit``/``vmap``/``grad``): use
+            ``jax.vmap`` over :func:`fit` there.
     """
     FitOptions(
         covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size, matmul_precision
     ).check(n_components)
     check_key(key)
+    if any(is_traced(a) for a in jax.tree_util.tree_leaves((datasets, sample_weight))):
+        raise TypeError(
+            "fit_many pads and checks the data sets on the host, so it cannot run inside "
+            "jax.jit, jax.vmap or jax.grad. There, vmap fit instead: "
+            "jax.vmap(lambda x, w: jaxgmm.fit(x, K, sample_weight=w))(X, W)."
+        )
     models_sharding = None
     if isinstance(datasets, jax.Array) and datasets.ndim == 3:
         models_sharding = leading_axis_sharding(datasets, "datasets")

@@ -185,3 +185,16 @@ def test_gradient_with_rows_split_over_devices_equals_unsplit():
     expected = jax.jit(jax.grad(loss))(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-8, atol=1e-14)
     assert got.sharding.spec[0] == "data"
+
+
+def test_float32_gradient_agrees_with_float64():
+    """float32 fits (the default without x64) get the float64 gradient to float32 accuracy."""
+
+    def loss(x):
+        fitted = jaxgmm.fit(x, K, tol=0.0, max_iter=200, means_init=CENTRES + 0.3)
+        return jaxgmm.score(fitted.params, X_TEST.astype(x.dtype))
+
+    grad = jax.jit(jax.grad(loss))
+    single = np.asarray(grad(jnp.asarray(X, jnp.float32)), np.float64)
+    double = np.asarray(grad(jnp.asarray(X)))
+    assert np.linalg.norm(single - double) <= 1e-3 * np.linalg.norm(double)

@@ -15,6 +15,7 @@ from jaxgmm._chunking import chunk_size_for
 from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
+from jaxgmm._implicit import stop_gradients, with_implicit_gradients
 from jaxgmm._keys import as_key
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, Status, first_components
@@ -148,6 +149,18 @@ def fit(
     ``vmap``) is one compiled program; a second call with the same shapes and static
     options does not compile again. ``fit`` works under ``jax.jit`` and ``jax.vmap``.
 
+    ``fit`` is differentiable in reverse mode (``jax.grad``, ``jax.vjp``,
+    ``jax.jacrev``): ``params`` and ``lower_bound`` have gradients with respect to X,
+    ``sample_weight`` and ``reg_covar`` by the implicit function theorem at the
+    fitted fixed point of EM (see :mod:`jaxgmm._implicit`); the iterations are never
+    differentiated. The choice of restart, ``n_iter``, ``status``, ``history`` and
+    ``restart_lower_bounds`` are constants; initial parameters get zero gradients
+    (the fixed point does not move with them). A fit stopped at ``max_iter`` gets the
+    implicit gradient at the parameters it returns, as if they were the fixed point
+    (accurate once EM has converged well beyond ``tol``); a ``NON_FINITE`` fit gets
+    NaN gradients. Forward mode (``jax.jvp``, ``jax.jacfwd``) and second derivatives
+    are not supported.
+
     Args:
         X: (N, D) data. float64 input is fitted in float64 when x64 is enabled,
             everything else in float32. More precise input than the compute dtype
@@ -213,7 +226,7 @@ def fit(
     # sizes share one compiled program. Traced input keeps its own shapes.
     max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
     n_padded = n_components
-    traced = is_traced(X) or is_traced(sample_weight)
+    traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
     if sharding is not None:  # each shard padded where it lives; stats cross devices
         if not traced:
@@ -237,18 +250,14 @@ def fit(
     )
     static["sharding"] = sharding
     with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
-        result = fit_compiled(
-            X,
-            sample_weight,
-            row_index,
-            as_key(key),
-            jnp.asarray(tol, X.dtype),
-            jnp.asarray(reg_covar, X.dtype),
-            jnp.asarray(max_iter, jnp.int32),
-            jnp.asarray(n_components, jnp.int32),
-            *inits,
-            **static,
-        )
+        args = (X, sample_weight, row_index, as_key(key), jnp.asarray(tol, X.dtype))
+        args += (jnp.asarray(reg_covar, X.dtype), jnp.asarray(max_iter, jnp.int32))
+        args += (jnp.asarray(n_components, jnp.int32), *inits)
+        # Traced input (the user's jit/vmap/grad): gradients by the implicit function
+        # theorem (jaxgmm._implicit), never through the loop.
+        result = fit_compiled(*(stop_gradients(args) if traced else args), **static)
+        if traced:
+            result = with_implicit_gradients(result, X, sample_weight, args[5], chunk)
         if progress and not is_traced(result.status):
             jax.block_until_ready(result)
     history = result.history
@@ -256,13 +265,17 @@ def fit(
     result = dataclasses.replace(
         result, params=first_components(result.params, n_components), history=history
     )
-    if not is_traced(result.status) and int(result.status) == Status.NON_FINITE:
+    concrete = not traced and not is_traced(result.status)  # else: NaN gradients, no raise
+    if concrete and int(result.status) == Status.NON_FINITE:
         raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))
-    if offset is not None:
+    if offset is not None and is_traced(result.params.means):  # traced reg_covar or inits
+        means = result.params.means + jnp.asarray(offset, X.dtype)
+        result = dataclasses.replace(result, params=dataclasses.replace(result.params, means=means))
+    elif offset is not None:
         means = np.asarray(result.params.means, np.float64) + offset
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(X.dtype)))
         result = dataclasses.replace(result, params=params)
-    if not is_traced(result.status):
+    if concrete:
         mark_checked(result.params)  # finite (NON_FINITE raised above), weights sum to 1
     return result
 
@@ -363,11 +376,19 @@ def fit_many(
 
     Raises:
         ValueError, TypeError: invalid input (naming the data set), before tracing.
+        TypeError: traced data sets (inside ``jit``/``vmap``/``grad``): use
+            ``jax.vmap`` over :func:`fit` there.
     """
     FitOptions(
         covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size, matmul_precision
     ).check(n_components)
     check_key(key)
+    if any(is_traced(a) for a in jax.tree_util.tree_leaves((datasets, sample_weight))):
+        raise TypeError(
+            "fit_many pads and checks the data sets on the host, so it cannot run inside "
+            "jax.jit, jax.vmap or jax.grad. There, vmap fit instead: "
+            "jax.vmap(lambda x, w: jaxgmm.fit(x, K, sample_weight=w))(X, W)."
+        )
     models_sharding = None
     if isinstance(datasets, jax.Array) and datasets.ndim == 3:
         models_sharding = leading_axis_sharding(datasets, "datasets")

@@ -318,7 +318,10 @@ def _fit_in_blocks(
 ) -> FitResult:
     """The fit as compiled blocks of EM iterations driven by a host loop."""
     X, sample_weight, row_index, key, tol, reg_covar, max_iter_, n_active, *inits = args
-    X, sample_weight, row_index = jax.device_put((X, sample_weight, row_index))
+    # Host arrays go to the device once, not once per block.
+    X, sample_weight, row_index = (
+        a if isinstance(a, jax.Array) else jax.device_put(a) for a in (X, sample_weight, row_index)
+    )
     static = {name: value for name, value in static.items() if name != "report_progress"}
 
     def start():

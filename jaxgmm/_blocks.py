@@ -320,7 +320,26 @@ def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
         )
 
     members = (X, sample_weight, keys, *own_means)
-    return map_groups(start_one, to_groups(members, _model_elements(static, X.shape[2])))
+    return _unzip(map_groups(start_one, to_groups(members, _model_elements(static, X.shape[2]))))
+
+
+def _unzip(batch):
+    """A (possibly grouped) batch of tuples as a tuple of (possibly grouped) batches."""
+    if isinstance(batch, Grouped):
+        return tuple(Grouped(part) for part in batch.members)
+    return batch
+
+
+def _zip(*batches):
+    """The inverse of :func:`_unzip`."""
+    if isinstance(batches[0], Grouped):
+        return Grouped(tuple(batch.members for batch in batches))
+    return batches
+
+
+def _members(batch):
+    """The arrays of a (possibly grouped) batch."""
+    return batch.members if isinstance(batch, Grouped) else batch
 
 
 def _advance_models(data, restarts, *, static: dict, n_models: int, axis, **shared):
@@ -338,7 +357,8 @@ def _advance_models(data, restarts, *, static: dict, n_models: int, axis, **shar
             **shared,
         )
 
-    restarts, results, summaries = map_groups(advance_one, (data, restarts))
+    restarts, results, summaries = _unzip(map_groups(advance_one, _zip(data, restarts)))
+    summaries = _members(summaries)
     summary = Summary(
         running=jnp.any(summaries.running),
         n_iter=jnp.max(summaries.n_iter),

@@ -85,6 +85,23 @@ def test_blocked_fit_many_is_bit_identical_to_the_single_program(n_init, monkeyp
     _assert_identical(blocked, single)
 
 
+def test_blocked_fits_in_several_vmapped_groups_are_bit_identical(monkeypatch):
+    """Restarts and models split into groups of 2 (the last one padded), blocks of 1."""
+    monkeypatch.setattr("jaxgmm._batching.group_size", lambda n_members, elements: 2)
+    monkeypatch.setattr("jaxgmm._host_loop.FIRST_BLOCK", 1)
+    monkeypatch.setattr("jaxgmm._host_loop.TARGET_SECONDS", 0.0)
+    rng = np.random.default_rng(11)
+    # Shapes no other test uses: no program compiled with other groups is reused.
+    datasets = rng.normal(size=(5, 131, 3)).astype(np.float32)
+    datasets[:, :40] += 3.0
+    options = dict(covariance_type="full", n_init=4, key=9, tol=1e-4, max_iter=25)
+    blocked_many = jaxgmm.fit_many(datasets, 2, **options)
+    blocked_one = jaxgmm.fit(datasets[0], 2, **options)
+    _single_program(monkeypatch)
+    _assert_identical(blocked_many, jaxgmm.fit_many(datasets, 2, **options))
+    _assert_identical(blocked_one, jaxgmm.fit(datasets[0], 2, **options))
+
+
 def test_n_init_8_still_contains_the_n_init_1_run():
     X = _data(np.float32)
     one = jaxgmm.fit(X, 3, key=2, tol=1e-6)

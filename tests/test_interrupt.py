@@ -150,6 +150,43 @@ def test_interrupt_between_blocks_returns_or_raises():
     assert raised.value.n_iter == 4
 
 
+def test_interrupt_after_two_blocks_returns_their_iterations_and_the_estimator_raises(
+    monkeypatch,
+):
+    """A KeyboardInterrupt in the third block: "return" gives iteration 2 exactly."""
+    from jaxgmm import GaussianMixture
+
+    real_advance = jaxgmm._fit.fit_advance
+    calls = []
+
+    def advance(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_advance(*args, **kwargs)
+
+    monkeypatch.setattr(jaxgmm._fit, "fit_advance", advance)
+    monkeypatch.setattr("jaxgmm._host_loop.FIRST_BLOCK", 1)
+    monkeypatch.setattr("jaxgmm._host_loop.TARGET_SECONDS", 0.0)
+    X = _data(np.float64)
+    options = dict(tol=0.0, n_init=2, key=4)
+    result = jaxgmm.fit(X, 3, max_iter=50, on_interrupt="return", **options)
+    assert int(result.status) == Status.INTERRUPTED
+    assert int(result.n_iter) == 2 and not bool(result.converged)
+    assert np.isfinite(result.history[:2]).all() and np.isnan(result.history[2:]).all()
+    two = jaxgmm.fit(X, 3, max_iter=2, **options)  # the same two iterations, finished
+    assert int(two.status) == Status.MAX_ITER
+    np.testing.assert_array_equal(result.params.means, two.params.means)
+    np.testing.assert_array_equal(result.params.covariances, two.params.covariances)
+    assert float(result.lower_bound) == float(two.lower_bound)
+
+    calls.clear()
+    estimator = GaussianMixture(3, tol=0.0, max_iter=50)
+    with pytest.raises(KeyboardInterrupt):
+        estimator.fit(X)
+    assert not hasattr(estimator, "means_")
+
+
 def test_on_interrupt_is_checked_before_anything_is_traced(monkeypatch):
     def engine(*args, **kwargs):
         raise AssertionError("reached the engine")

@@ -16,7 +16,7 @@ from jaxgmm._chunking import chunk_size_for
 from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
-from jaxgmm._host_loop import run_blocks
+from jaxgmm._host_loop import fits_in_one_block, run_blocks
 from jaxgmm._implicit import stop_gradients, with_implicit_gradients
 from jaxgmm._keys import as_key
 from jaxgmm._options import DEFAULTS, FitOptions
@@ -285,7 +285,8 @@ def fit(
         *inits,
     )
     description = f"EM fit, K={n_components}" if progress else None
-    if traced or under_trace(args):
+    small = fits_in_one_block(X.shape[0], n_padded, n_features, n_init, max_iter)
+    if traced or small or under_trace(args):
         # Traced input (the user's jit/vmap/grad): gradients by the implicit function
         # theorem (jaxgmm._implicit), never through the loop.
         result = _fit_one_program(args, static, max_iter, description, differentiable=traced)
@@ -577,10 +578,12 @@ def _fit_many_programs(
     args: tuple, static: dict, max_iter: int, description, on_interrupt: str
 ) -> FitResult:
     """``fit_many_compiled``, as blocks of iterations outside the user's jit."""
-    if under_trace(args):
+    X, W, keys, tol, reg_covar, max_iter_, n_active, *inits = args
+    n_fits = X.shape[0] * static["n_init"]
+    small = fits_in_one_block(X.shape[1], static["n_components"], X.shape[2], n_fits, max_iter)
+    if small or under_trace(args):
         with fit_progress(max_iter, description) if description else nullcontext():
             return fit_many_compiled(*args, **static)
-    X, W, keys, tol, reg_covar, max_iter_, n_active, *inits = args
     static = {name: value for name, value in static.items() if name != "report_progress"}
     n_models = X.shape[0]
 

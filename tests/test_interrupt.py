@@ -31,6 +31,12 @@ INTERRUPT_BOUND_S = 2.0
 CHILD_TIMEOUT_S = 240.0
 
 
+@pytest.fixture(autouse=True)
+def _blocks_for_every_fit(monkeypatch):
+    """The small fits of these tests run in blocks too (not as one small program)."""
+    monkeypatch.setattr("jaxgmm._host_loop.SINGLE_PROGRAM_WORK", 0)
+
+
 # ------------------------------------------------------ blocked fit == single program
 
 
@@ -185,6 +191,26 @@ def test_interrupt_after_two_blocks_returns_their_iterations_and_the_estimator_r
     with pytest.raises(KeyboardInterrupt):
         estimator.fit(X)
     assert not hasattr(estimator, "means_")
+
+
+def test_small_fits_run_as_one_program_and_large_ones_in_blocks(monkeypatch):
+    """The work estimate picks the path: a W8-sized fit is one program (no second
+    program, no waits between blocks); a fit above the threshold starts blocks."""
+    monkeypatch.setattr("jaxgmm._host_loop.SINGLE_PROGRAM_WORK", 2e8)
+    calls = []
+    real_start = jaxgmm._fit.fit_start
+
+    def counting_start(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(jaxgmm._fit, "fit_start", counting_start)
+    X = _data(np.float64)
+    jaxgmm.fit(X, 3, max_iter=100)  # 600 x 4 x 13 x 100 multiply-adds: one program
+    assert calls == []
+    monkeypatch.setattr("jaxgmm._host_loop.SINGLE_PROGRAM_WORK", 1e5)
+    jaxgmm.fit(X, 3, max_iter=100)
+    assert len(calls) == 1
 
 
 def test_on_interrupt_is_checked_before_anything_is_traced(monkeypatch):

@@ -66,6 +66,7 @@ def _scaled(stats: Stats, factor: jax.Array) -> Stats:
     return dataclasses.replace(stats, **{f: getattr(stats, f) * factor for f in _ADDITIVE})
 
 
+@jax.jit
 def params_statistics(params: GaussianMixtureParams) -> Stats:
     """Normalised statistics whose moments are exactly those of ``params``.
 
@@ -220,19 +221,20 @@ class OnlineEM:
         dtype = state.params.means.dtype
         sample_weight = check_sample_weight(sample_weight, X.shape[0], dtype, 1)
         X = jnp.asarray(X, dtype)
-        return _update(X, sample_weight, state, self.reg_covar, self.step_size)
+        with jax.numpy_dtype_promotion("standard"):  # optax schedules are not strict-clean
+            rho = jnp.asarray(self.step_size(state.count), dtype)
+        return _update(X, sample_weight, state, jnp.asarray(self.reg_covar, dtype), rho)
 
 
-def _update(X, sample_weight, state: OnlineEMState, reg_covar, step_size):
-    """:meth:`OnlineEM.update` on validated arrays."""
+@jax.jit
+def _update(X, sample_weight, state: OnlineEMState, reg_covar, rho):
+    """:meth:`OnlineEM.update` on validated arrays, for a step size ``rho`` (one program
+    per batch shape and model, whatever the schedule)."""
     params = state.params
-    dtype = params.means.dtype
     batch = batch_statistics(X, sample_weight, params)
-    with jax.numpy_dtype_promotion("standard"):  # optax schedules are not strict-clean
-        rho = jnp.asarray(step_size(state.count), dtype)
     # rho * s_hat + (1 - rho) * s, around the batch's shift (the current means).
     stats = _scaled(batch, rho / batch.n) + _scaled(state.stats, 1.0 - rho)
-    new_params = m_step(stats, jnp.asarray(reg_covar, dtype), params.covariance_type)
+    new_params = m_step(stats, reg_covar, params.covariance_type)
     finite = all_finite(new_params) & all_finite(stats)
 
     def keep(new, old):

@@ -12,7 +12,6 @@ import pytest
 
 import jaxgmm
 
-
 MATRIX_TYPES = ("full", "tied")
 
 

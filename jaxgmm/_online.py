@@ -37,7 +37,6 @@ from jaxgmm._validation import (
     check_options,
     check_params,
     check_sample_weight,
-    is_traced,
 )
 
 _ADDITIVE = ("n_k", "s_x", "s_xx", "log_lik_sum", "n")
@@ -169,12 +168,7 @@ class OnlineEM:
             (:func:`params_statistics`; they matter only when the first step size is
             below one) and ``count = 0``.
         """
-        if isinstance(params, GaussianMixtureParams) and not any(
-            is_traced(leaf) for leaf in jax.tree_util.tree_leaves(params)
-        ):
-            params = check_params(params)
-        elif not isinstance(params, GaussianMixtureParams):
-            params = check_params(params)  # FitResult, or a clear TypeError
+        params = check_params(params)  # a FitResult's params; value checks when concrete
         if params.covariance_type != self.covariance_type:
             raise ValueError(
                 f"params have covariance_type {params.covariance_type!r} but this online EM "

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import jaxgmm
 
@@ -120,13 +121,27 @@ def data():
     return _data()
 
 
+GOOD_START = np.array([[0.3, -0.2], [3.3, 0.2], [-0.2, 2.7]])
+POOR_START = np.array([[0.0, 0.0], [0.2, 0.0], [0.0, 0.2]])  # all means together
+
+
 def test_adam_reaches_em_optimum_from_the_same_start(data):
-    em = jaxgmm.fit(data, 3, tol=1e-10, max_iter=1000)
-    result = jaxgmm.fit_gradient(data, 3, optimizer=optax.adam(0.02), n_steps=3000)
-    start = jaxgmm.fit(data, 3, max_iter=0)
-    assert abs(float(result.lower_bound) - float(em.lower_bound)) < 2e-3
+    start = jaxgmm.fit(data, 3, max_iter=0, means_init=GOOD_START).params
+    result = jaxgmm.fit_gradient(
+        data, 3, optimizer=optax.adam(0.02), n_steps=3000, means_init=GOOD_START
+    )
+    # EM's optimum from the same start, by scikit-learn.
+    em = SkGaussianMixture(
+        3,
+        tol=1e-10,
+        max_iter=1000,
+        weights_init=np.asarray(start.weights),
+        means_init=np.asarray(start.means),
+        precisions_init=np.asarray(start.precisions),
+    ).fit(data)
+    assert abs(float(result.lower_bound) - em.score(data)) < 2e-3
     # The same start: the first loss is the starting parameters' negative score.
-    np.testing.assert_allclose(result.history[0], -jaxgmm.score(start.params, data), rtol=1e-12)
+    np.testing.assert_allclose(result.history[0], -jaxgmm.score(start, data), rtol=1e-12)
     np.testing.assert_allclose(result.lower_bound, jaxgmm.score(result.params, data), rtol=1e-12)
     assert result.history.shape == (3000,)
     assert int(result.status) == jaxgmm.Status.MAX_ITER and not bool(result.converged)
@@ -134,10 +149,9 @@ def test_adam_reaches_em_optimum_from_the_same_start(data):
 
 
 def test_minibatches_improve_the_fit(data):
-    poor = np.array([[0.0, 0.0], [0.2, 0.0], [0.0, 0.2]])  # a poor start, all means together
-    start = jaxgmm.fit(data, 3, max_iter=0, means_init=poor)
-    result = jaxgmm.fit_gradient(data, 3, n_steps=300, batch_size=64, key=1, means_init=poor)
-    assert float(result.lower_bound) > float(jaxgmm.score(start.params, data)) + 0.1
+    start = jaxgmm.fit(data, 3, max_iter=0, means_init=POOR_START).params
+    result = jaxgmm.fit_gradient(data, 3, n_steps=300, batch_size=64, key=1, means_init=POOR_START)
+    assert float(result.lower_bound) > float(jaxgmm.score(start, data)) + 0.1
     assert np.all(np.isfinite(result.history))
 
 

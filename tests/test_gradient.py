@@ -155,6 +155,20 @@ def test_minibatches_improve_the_fit(data):
     assert np.all(np.isfinite(result.history))
 
 
+def test_a_non_finite_step_keeps_the_last_finite_parameters(data):
+    def nan_updates(grads, state, params=None):
+        return jax.tree_util.tree_map(lambda g: g * jnp.nan, grads), state
+
+    poisoned = optax.GradientTransformation(lambda params: optax.EmptyState(), nan_updates)
+    start = jaxgmm.fit(data, 3, max_iter=0, means_init=GOOD_START).params
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        result = jaxgmm.fit_gradient(data, 3, optimizer=poisoned, n_steps=4, means_init=GOOD_START)
+    assert int(result.status) == jaxgmm.Status.NON_FINITE
+    np.testing.assert_allclose(result.params.means, start.means, rtol=1e-12)
+    np.testing.assert_allclose(result.params.weights, start.weights, rtol=1e-12)
+    assert np.isfinite(result.history[0]) and np.all(np.isnan(result.history[1:]))
+
+
 def test_invalid_input_raises_plain_errors(data):
     for bad, error in ((0, ValueError), (1.5, TypeError), (True, TypeError)):
         with pytest.raises(error, match="n_steps"):

@@ -112,8 +112,9 @@ def run_gradient(X, k: int, batch: int, target: float, steps: list[int]) -> dict
 
 
 def render(info: dict, r: dict, quick: bool) -> str:
+    """The Markdown report."""
     lines = report_heading(
-        "Online EM and fit_gradient vs EM (time to EM's log-likelihood)", info, quick
+        "# W1 online: online EM and fit_gradient vs EM, time to EM's log-likelihood", info, quick
     )
     em, online, grad = r["em"], r["online"], r["gradient"]
     rows = [

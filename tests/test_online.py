@@ -157,6 +157,20 @@ def test_updates_average_normalised_statistics(start, covariance_type):
     assert int(state.count) == 3
 
 
+def test_integer_sample_weights_count_repeated_rows(start):
+    first, params = start
+    weights = np.random.default_rng(7).integers(0, 3, size=len(first))
+    online = jaxgmm.online_em(3, step_size=0.5)
+    state = online.init(params["full"])
+    weighted, weighted_state = online.update(first, state, sample_weight=weights)
+    repeated, repeated_state = online.update(np.repeat(first, weights, axis=0), state)
+    np.testing.assert_allclose(weighted.means, repeated.means, rtol=1e-10)
+    np.testing.assert_allclose(weighted.covariances, repeated.covariances, rtol=1e-10)
+    np.testing.assert_allclose(
+        weighted_state.log_likelihood, repeated_state.log_likelihood, rtol=1e-12
+    )
+
+
 def test_default_step_sizes_and_schedules(start):
     """(t + t0)^-kappa, a callable and an optax schedule give the steps they say."""
     first, params = start

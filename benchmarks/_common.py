@@ -212,7 +212,18 @@ def diag_flops(n: int, k: int, d: int) -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (MiB)."""
+    """Peak resident set size of this process's own memory so far (MiB).
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``: the high-water mark of this
+    process image alone. ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a child
+    started by a large parent would report the parent's peak (it is the fallback on
+    other systems).
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
 

@@ -11,6 +11,7 @@ at the slowest member *of that group* instead of the slowest of all.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -47,23 +48,70 @@ def map_in_groups(fn: Callable, xs, elements_per_member: int):
         The pytree of outputs, each with a leading (B,) axis, as ``jax.vmap`` gives.
     """
     n_members = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    return ungroup(map_groups(fn, to_groups(xs, elements_per_member)), n_members)
+
+
+def to_groups(xs, elements_per_member: int):
+    """Split a batch into equal groups: every leaf (B, ...) -> (n_groups, G, ...).
+
+    The last group is padded with copies of the first member (valid inputs, their
+    results to be dropped), so every group has the same size and one group program
+    is compiled, not two. A batch that fits in one group stays (B, ...) as it is.
+
+    Args:
+        xs: pytree of arrays with the batch axis (B, ...) first.
+        elements_per_member: see :func:`group_size`.
+
+    Returns:
+        A :class:`Grouped` pytree (or ``xs`` itself: one group), for :func:`map_groups`
+        and :func:`ungroup`.
+    """
+    n_members = jax.tree_util.tree_leaves(xs)[0].shape[0]
     size = group_size(n_members, elements_per_member)
     if size >= n_members:
-        return jax.vmap(fn)(xs)
-    # Pad with copies of the first member (valid inputs, results dropped) so every
-    # group has the same size and one group program is compiled, not two.
+        return xs
     n_groups = -(-n_members // size)
     pad = n_groups * size - n_members
     if pad:
         xs = jax.tree_util.tree_map(
             lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), xs
         )
-    groups = jax.tree_util.tree_map(lambda a: a.reshape((n_groups, size) + a.shape[1:]), xs)
-    out = jax.lax.map(jax.vmap(fn), groups)
+    return Grouped(jax.tree_util.tree_map(lambda a: a.reshape((n_groups, size) + a.shape[1:]), xs))
+
+
+def map_groups(fn: Callable, groups, *consts):
+    """``fn`` on every member of a :func:`to_groups` batch: groups in turn, each vmapped.
+
+    Args:
+        fn: ``fn(member, *consts)`` -> pytree.
+        groups: the output of :func:`to_groups` (or of an earlier ``map_groups``).
+        *consts: arguments shared by every member.
+
+    Returns:
+        The outputs, grouped as ``groups`` is.
+    """
+    batched = jax.vmap(fn, in_axes=(0,) + (None,) * len(consts))
+    if not isinstance(groups, Grouped):
+        return batched(groups, *consts)
+    return Grouped(jax.lax.map(lambda group: batched(group, *consts), groups.members))
+
+
+def ungroup(groups, n_members: int):
+    """The (B, ...) batch of a :func:`to_groups` pytree, padding members dropped."""
+    if not isinstance(groups, Grouped):
+        return groups
     # Explicit shapes: outputs may have zero-size axes (e.g. history with max_iter = 0).
     return jax.tree_util.tree_map(
-        lambda a: a.reshape((n_groups * size,) + a.shape[2:])[:n_members], out
+        lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])[:n_members], groups.members
     )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Grouped:
+    """A batch split into groups: every leaf of ``members`` is (n_groups, G, ...)."""
+
+    members: object
 
 
 def cond_any(pred: jax.Array, true_fn: Callable, false_fn: Callable, *operands):

@@ -88,8 +88,11 @@ def first_rows(values: jax.Array, n_rows: int) -> jax.Array:
     the copy through host memory costs microseconds for the outputs sliced here.
     The result is placed as ``values`` was (e.g. replicated over a mesh). Arrays
     spread over several processes are cut by a compiled slice instead (a host copy
-    would have to be checked equal on every process).
+    would have to be checked equal on every process). Traced values (the caller's
+    jit, vmap or grad, e.g. over parameters) are sliced in the trace.
     """
+    if isinstance(values, jax.core.Tracer):
+        return values[:n_rows]
     if isinstance(values, jax.Array) and not values.is_fully_addressable:
         return jax.jit(lambda v: v[:n_rows], out_shardings=values.sharding)(values)
     return jax.device_put(np.asarray(values)[:n_rows], _placement(values))

@@ -15,7 +15,7 @@ from jaxgmm._covariance import covariance_model
 from jaxgmm._init import initial_params
 from jaxgmm._iterate import LoopState, iterate, select_restart, status
 from jaxgmm._params import FitResult, GaussianMixtureParams
-from jaxgmm._rows import IN_MEMORY, Sharded, split_rows
+from jaxgmm._rows import IN_MEMORY, Rows, Sharded, split_rows
 from jaxgmm._sharding import RowSharding
 from jaxgmm._solver import EM
 
@@ -160,7 +160,40 @@ def _fit_rows(
     report_progress,
 ) -> FitResult:
     """:func:`fit_compiled` on the rows this program holds (all, or one shard's)."""
-    weights_init, means_init, precisions_init = inits
+    rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer)
+    solver, initial = restart_setup(
+        rows,
+        center,
+        reducer,
+        reg_covar=reg_covar,
+        n_active=n_active,
+        inits=inits,
+        n_components=n_components,
+        covariance_type=covariance_type,
+        init=init,
+    )
+
+    def one_restart(restart_key: jax.Array) -> LoopState:
+        params = initial(restart_key)
+        return iterate(solver, rows, params, tol, max_iter, history_length, report_progress)
+
+    # Restart i always uses fold_in(key, i), so n_init = 8 contains the n_init = 1 run.
+    # Restart 0 runs unbatched, as with n_init = 1: vmap may round differently, and
+    # only the same computation guarantees bit for bit that more restarts never score
+    # lower than one.
+    keys = restart_keys(key, n_init)
+    states = jax.tree_util.tree_map(lambda a: a[None], one_restart(keys[0]))
+    if n_init > 1:
+        member_elements = restart_elements(
+            chunk_size, rows.n_features, n_components, covariance_type
+        )
+        others = map_in_groups(one_restart, keys[1:], member_elements)
+        states = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), states, others)
+    return best_restart(states, jax.vmap(status)(states), center)
+
+
+def centred_rows(X, sample_weight, row_index, chunk_size: int, reducer) -> tuple[Rows, jax.Array]:
+    """The rows in chunks, centred on their weighted mean; -> (rows, center (D,))."""
     rows = split_rows(X, sample_weight, row_index, chunk_size)
     # Work around the weighted data mean: exact float32 statistics for offset data.
     sum_x, total_weight = reducer.sum(lambda x, w, i: (w @ x, jnp.sum(w)), rows)
@@ -168,32 +201,51 @@ def _fit_rows(
     # One refinement pass: the first mean can be an ulp off (e.g. division done as a
     # reciprocal product); constant data then centre to exactly zero.
     center = center + reducer.sum(lambda x, w, i: w @ (x - center), rows) / total_weight
-    rows = dataclasses.replace(rows, x=rows.x - center)
+    return rows.centred(center), center  # read centred chunk by chunk: no (N, D) copy
+
+
+def restart_setup(
+    rows: Rows,
+    center: jax.Array,
+    reducer,
+    *,
+    reg_covar,
+    n_active,
+    inits,
+    n_components: int,
+    covariance_type: str,
+    init: str,
+):
+    """The EM solver, and a function from a restart's key to its initial parameters."""
+    weights_init, means_init, precisions_init = inits
     if means_init is not None:
         means_init = means_init - center
     active = jnp.arange(n_components, dtype=n_active.dtype) < n_active
     solver = EM(reg_covar=reg_covar, active=active, reducer=reducer)
 
-    def one_restart(restart_key: jax.Array) -> LoopState:
+    def initial(restart_key: jax.Array) -> GaussianMixtureParams:
         params = initial_params(
             restart_key, rows, n_components, covariance_type, init, reg_covar, active, reducer
         )
-        params = _apply_user_init(params, weights_init, means_init, precisions_init)
-        return iterate(solver, rows, params, tol, max_iter, history_length, report_progress)
+        return _apply_user_init(params, weights_init, means_init, precisions_init)
 
-    # Restart i always uses fold_in(key, i), so n_init = 8 contains the n_init = 1 run.
-    # Restart 0 runs unbatched, as with n_init = 1: vmap may round differently, and
-    # only the same computation guarantees bit for bit that more restarts never score
-    # lower than one.
-    restart_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_init))
-    states = jax.tree_util.tree_map(lambda a: a[None], one_restart(restart_keys[0]))
-    if n_init > 1:
-        member_elements = chunk_size * elements_per_row(
-            n_components, rows.n_features, covariance_type
-        )
-        others = map_in_groups(one_restart, restart_keys[1:], member_elements)
-        states = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), states, others)
-    statuses = jax.vmap(status)(states)
+    return solver, initial
+
+
+def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
+    """(n_init,) keys: restart i uses ``fold_in(key, i)``."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_init))
+
+
+def restart_elements(
+    chunk_size: int, n_features: int, n_components: int, covariance_type: str
+) -> int:
+    """Values of one restart's largest per-chunk intermediate (for vmapped groups)."""
+    return chunk_size * elements_per_row(n_components, n_features, covariance_type)
+
+
+def best_restart(states: LoopState, statuses: jax.Array, center: jax.Array) -> FitResult:
+    """The :class:`FitResult` of the best of (n_init,) batched restarts (means un-centred)."""
     best, scores = select_restart(statuses, states.lower_bound)
     state = jax.tree_util.tree_map(lambda a: a[best], states)
     params = dataclasses.replace(state.params, means=state.params.means + center)

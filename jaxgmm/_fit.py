@@ -10,11 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._blocks import fit_advance, fit_many_advance, fit_many_start, fit_start
 from jaxgmm._buckets import component_bucket, first_rows, history_length, row_layout
 from jaxgmm._chunking import chunk_size_for
 from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
+from jaxgmm._host_loop import run_blocks
+from jaxgmm._implicit import stop_gradients, with_implicit_gradients
 from jaxgmm._keys import as_key
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, Status, first_components
@@ -141,12 +144,29 @@ def fit(
     chunk_size: int | None = DEFAULTS.chunk_size,
     progress: bool = False,
     matmul_precision: str = DEFAULTS.matmul_precision,
+    on_interrupt: str = DEFAULTS.on_interrupt,
 ) -> FitResult:
     """Fit a Gaussian mixture to data by expectation-maximisation.
 
-    The whole fit (initialisation, EM loop, ``n_init`` restarts run in parallel by
-    ``vmap``) is one compiled program; a second call with the same shapes and static
-    options does not compile again. ``fit`` works under ``jax.jit`` and ``jax.vmap``.
+    The fit (initialisation, EM loop, ``n_init`` restarts run in parallel by ``vmap``)
+    is compiled; a second call with the same shapes and static options does not
+    compile again. On concrete input the EM iterations run as compiled blocks of
+    about a quarter of a second driven by a short Python loop, so Ctrl-C stops a fit
+    within a second (see ``on_interrupt``). ``fit`` works under ``jax.jit`` and
+    ``jax.vmap``: there the whole fit is one compiled loop, which Python cannot
+    interrupt.
+
+    ``fit`` is differentiable in reverse mode (``jax.grad``, ``jax.vjp``,
+    ``jax.jacrev``): ``params`` and ``lower_bound`` have gradients with respect to X,
+    ``sample_weight`` and ``reg_covar`` by the implicit function theorem at the
+    fitted fixed point of EM (see :mod:`jaxgmm._implicit`); the iterations are never
+    differentiated. The choice of restart, ``n_iter``, ``status``, ``history`` and
+    ``restart_lower_bounds`` are constants; initial parameters get zero gradients
+    (the fixed point does not move with them). A fit stopped at ``max_iter`` gets the
+    implicit gradient at the parameters it returns, as if they were the fixed point
+    (accurate once EM has converged well beyond ``tol``); a ``NON_FINITE`` fit gets
+    NaN gradients. Forward mode (``jax.jvp``, ``jax.jacfwd``) and second derivatives
+    are not supported.
 
     Args:
         X: (N, D) data. float64 input is fitted in float64 when x64 is enabled,
@@ -174,6 +194,13 @@ def fit(
         matmul_precision: ``"highest"`` (full float32 matrix products, default),
             ``"high"`` or ``"default"`` (TF32 on recent NVIDIA GPUs: faster, less
             accurate; see the README).
+        on_interrupt: what a KeyboardInterrupt (Ctrl-C, a notebook's interrupt
+            button) during the EM iterations does: ``"raise"`` (default) closes the
+            progress bar and raises it within a second; ``"return"`` returns the
+            parameters of the last finished iteration instead, with ``status ==
+            Status.INTERRUPTED`` (a restart that had finished is always chosen over an
+            interrupted one, and then gives its own status). An interrupt during
+            compilation or initialisation is always raised.
 
     Returns:
         A :class:`FitResult` with ``params``, ``lower_bound``, ``n_iter``,
@@ -183,13 +210,23 @@ def fit(
         ValueError, TypeError: invalid input, before anything is traced.
         ValueError: every restart produced non-finite values (on concrete input;
             under ``jit``/``vmap`` check ``result.status`` instead).
+        KeyboardInterrupt: interrupted, with ``on_interrupt="raise"``; its ``n_iter``
+            attribute holds the iterations run.
 
     Warns:
         UserWarning: the compute dtype cannot resolve numbers near the data to 1% of
             their spread (data far from the origin in float32); centre X first.
     """
     FitOptions(
-        covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size, matmul_precision
+        covariance_type,
+        tol,
+        reg_covar,
+        max_iter,
+        n_init,
+        init,
+        chunk_size,
+        matmul_precision,
+        on_interrupt,
     ).check(n_components)
     check_key(key)
     X = check_data_array(X)
@@ -213,7 +250,7 @@ def fit(
     # sizes share one compiled program. Traced input keeps its own shapes.
     max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
     n_padded = n_components
-    traced = is_traced(X) or is_traced(sample_weight)
+    traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
     if sharding is not None:  # each shard padded where it lives; stats cross devices
         if not traced:
@@ -236,35 +273,108 @@ def fit(
         n_padded, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
     static["sharding"] = sharding
-    with fit_progress(max_iter, f"EM fit, K={n_components}") if progress else nullcontext():
-        result = fit_compiled(
-            X,
-            sample_weight,
-            row_index,
-            as_key(key),
-            jnp.asarray(tol, X.dtype),
-            jnp.asarray(reg_covar, X.dtype),
-            jnp.asarray(max_iter, jnp.int32),
-            jnp.asarray(n_components, jnp.int32),
-            *inits,
-            **static,
-        )
-        if progress and not is_traced(result.status):
-            jax.block_until_ready(result)
+    args = (
+        X,
+        sample_weight,
+        row_index,
+        as_key(key),
+        jnp.asarray(tol, X.dtype),
+        jnp.asarray(reg_covar, X.dtype),
+        jnp.asarray(max_iter, jnp.int32),
+        jnp.asarray(n_components, jnp.int32),
+        *inits,
+    )
+    description = f"EM fit, K={n_components}" if progress else None
+    if traced or under_trace(args):
+        # Traced input (the user's jit/vmap/grad): gradients by the implicit function
+        # theorem (jaxgmm._implicit), never through the loop.
+        result = _fit_one_program(args, static, max_iter, description, differentiable=traced)
+    else:
+        result = _fit_in_blocks(args, static, max_iter, description, on_interrupt)
     history = result.history
     history = history[:max_iter] if is_traced(history) else first_rows(history, max_iter)
     result = dataclasses.replace(
         result, params=first_components(result.params, n_components), history=history
     )
-    if not is_traced(result.status) and int(result.status) == Status.NON_FINITE:
+    concrete = not traced and not is_traced(result.status)  # else: NaN gradients, no raise
+    if concrete and int(result.status) == Status.NON_FINITE:
         raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))
-    if offset is not None:
+    if offset is not None and is_traced(result.params.means):  # traced reg_covar or inits
+        means = result.params.means + jnp.asarray(offset, X.dtype)
+        result = dataclasses.replace(result, params=dataclasses.replace(result.params, means=means))
+    elif offset is not None:
         means = np.asarray(result.params.means, np.float64) + offset
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(X.dtype)))
         result = dataclasses.replace(result, params=params)
-    if not is_traced(result.status):
+    if concrete:
         mark_checked(result.params)  # finite (NON_FINITE raised above), weights sum to 1
     return result
+
+
+def under_trace(values) -> bool:
+    """Whether ``fit`` runs on traced values or inside a staging trace (the user's jit).
+
+    There the whole fit must be one program; elsewhere it runs as blocks of
+    iterations driven from Python (:mod:`jaxgmm._host_loop`).
+    """
+    if any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(values)):
+        return True
+    # Inside jit (even on constants) every operation is staged: a new array is a tracer.
+    return is_traced(jnp.zeros((), jnp.int32))
+
+
+def _fit_one_program(
+    args: tuple, static: dict, max_iter: int, description, differentiable: bool = False
+) -> FitResult:
+    """The fit as one compiled program (under the user's jit/vmap/grad).
+
+    With ``differentiable``, the program runs on stop-gradient inputs and the result
+    carries gradients by the implicit function theorem (:mod:`jaxgmm._implicit`).
+    """
+    with fit_progress(max_iter, description) if description else nullcontext():
+        if differentiable:
+            X, sample_weight, reg_covar = args[0], args[1], args[5]
+            result = fit_compiled(*stop_gradients(args), **static)
+            result = with_implicit_gradients(
+                result, X, sample_weight, reg_covar, static["chunk_size"]
+            )
+        else:
+            result = fit_compiled(*args, **static)
+        if description and not is_traced(result.status):
+            jax.block_until_ready(result)
+    return result
+
+
+def _fit_in_blocks(
+    args: tuple, static: dict, max_iter: int, description, on_interrupt: str
+) -> FitResult:
+    """The fit as compiled blocks of EM iterations driven by a host loop."""
+    X, sample_weight, row_index, key, tol, reg_covar, max_iter_, n_active, *inits = args
+    # Host arrays go to the device once, not once per block.
+    X, sample_weight, row_index = (
+        a if isinstance(a, jax.Array) else jax.device_put(a) for a in (X, sample_weight, row_index)
+    )
+    static = {name: value for name, value in static.items() if name != "report_progress"}
+
+    def start():
+        return fit_start(X, sample_weight, row_index, key, reg_covar, n_active, *inits, **static)
+
+    def advance(state, budget):
+        data, restarts = state
+        restarts, result, summary = fit_advance(
+            data, restarts, tol, reg_covar, max_iter_, n_active, budget, **static
+        )
+        return (data, restarts), result, summary
+
+    program = ("fit", X.shape, str(X.dtype), tuple(static.items()))
+    return run_blocks(
+        start,
+        advance,
+        max_iter=max_iter,
+        on_interrupt=on_interrupt,
+        program=program,
+        progress=description,
+    )
 
 
 def stack_datasets(datasets, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
@@ -337,6 +447,7 @@ def fit_many(
     precisions_init=None,
     chunk_size: int | None = DEFAULTS.chunk_size,
     matmul_precision: str = DEFAULTS.matmul_precision,
+    on_interrupt: str = DEFAULTS.on_interrupt,
 ) -> FitResult:
     """Fit one independent mixture per data set, all in one compiled program.
 
@@ -363,11 +474,27 @@ def fit_many(
 
     Raises:
         ValueError, TypeError: invalid input (naming the data set), before tracing.
+        TypeError: traced data sets (inside ``jit``/``vmap``/``grad``): use
+            ``jax.vmap`` over :func:`fit` there.
     """
     FitOptions(
-        covariance_type, tol, reg_covar, max_iter, n_init, init, chunk_size, matmul_precision
+        covariance_type,
+        tol,
+        reg_covar,
+        max_iter,
+        n_init,
+        init,
+        chunk_size,
+        matmul_precision,
+        on_interrupt,
     ).check(n_components)
     check_key(key)
+    if any(is_traced(a) for a in jax.tree_util.tree_leaves((datasets, sample_weight))):
+        raise TypeError(
+            "fit_many pads and checks the data sets on the host, so it cannot run inside "
+            "jax.jit, jax.vmap or jax.grad. There, vmap fit instead: "
+            "jax.vmap(lambda x, w: jaxgmm.fit(x, K, sample_weight=w))(X, W)."
+        )
     models_sharding = None
     if isinstance(datasets, jax.Array) and datasets.ndim == 3:
         models_sharding = leading_axis_sharding(datasets, "datasets")
@@ -388,6 +515,7 @@ def fit_many(
             inits=(weights_init, means_init, precisions_init),
             chunk_size=chunk_size,
             matmul_precision=matmul_precision,
+            on_interrupt=on_interrupt,
         )
     X, W = stack_datasets(datasets, sample_weight)
     n_models, n_samples, n_features = X.shape
@@ -423,29 +551,58 @@ def fit_many(
         n_components, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
-    description = f"EM fit of {n_models} models, K={n_components}"
-    with fit_progress(max_iter, description) if progress else nullcontext():
-        result = fit_many_compiled(
-            jnp.asarray(X, dtype),
-            jnp.asarray(W, dtype),
-            keys,
-            jnp.asarray(tol, dtype),
-            jnp.asarray(reg_covar, dtype),
-            jnp.asarray(max_iter, jnp.int32),
-            jnp.asarray(n_components, jnp.int32),
-            weights_init,
-            means_init,
-            precisions_init,
-            **static,
-        )
-        if progress:
-            jax.block_until_ready(result)
+    args = (
+        jnp.asarray(X, dtype),
+        jnp.asarray(W, dtype),
+        keys,
+        jnp.asarray(tol, dtype),
+        jnp.asarray(reg_covar, dtype),
+        jnp.asarray(max_iter, jnp.int32),
+        jnp.asarray(n_components, jnp.int32),
+        weights_init,
+        means_init,
+        precisions_init,
+    )
+    description = f"EM fit of {n_models} models, K={n_components}" if progress else None
+    result = _fit_many_programs(args, static, max_iter, description, on_interrupt)
     result = dataclasses.replace(result, history=first_rows(result.history.T, max_iter).T)
     if offsets is not None:
         means = np.asarray(result.params.means, np.float64) + offsets[:, None, :]
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(dtype)))
         result = dataclasses.replace(result, params=params)
     return result
+
+
+def _fit_many_programs(
+    args: tuple, static: dict, max_iter: int, description, on_interrupt: str
+) -> FitResult:
+    """``fit_many_compiled``, as blocks of iterations outside the user's jit."""
+    if under_trace(args):
+        with fit_progress(max_iter, description) if description else nullcontext():
+            return fit_many_compiled(*args, **static)
+    X, W, keys, tol, reg_covar, max_iter_, n_active, *inits = args
+    static = {name: value for name, value in static.items() if name != "report_progress"}
+    n_models = X.shape[0]
+
+    def start():
+        return fit_many_start(X, W, keys, reg_covar, n_active, *inits, **static)
+
+    def advance(state, budget):
+        data, restarts = state
+        restarts, result, summary = fit_many_advance(
+            data, restarts, tol, reg_covar, max_iter_, n_active, budget, n_models=n_models, **static
+        )
+        return (data, restarts), result, summary
+
+    program = ("fit_many", X.shape, str(X.dtype), tuple(static.items()))
+    return run_blocks(
+        start,
+        advance,
+        max_iter=max_iter,
+        on_interrupt=on_interrupt,
+        program=program,
+        progress=description,
+    )
 
 
 def _fit_sharded_models(
@@ -485,19 +642,18 @@ def _fit_sharded_models(
         options["matmul_precision"],
     )
     static["sharding"] = sharding
-    description = f"EM fit of {n_models} models, K={n_components}"
-    with fit_progress(max_iter, description) if progress else nullcontext():
-        result = fit_many_compiled(
-            X,
-            W,
-            keys,
-            jnp.asarray(options["tol"], dtype),
-            jnp.asarray(options["reg_covar"], dtype),
-            jnp.asarray(max_iter, jnp.int32),
-            jnp.asarray(n_components, jnp.int32),
-            *inits,
-            **static,
-        )
+    args = (
+        X,
+        W,
+        keys,
+        jnp.asarray(options["tol"], dtype),
+        jnp.asarray(options["reg_covar"], dtype),
+        jnp.asarray(max_iter, jnp.int32),
+        jnp.asarray(n_components, jnp.int32),
+        *inits,
+    )
+    description = f"EM fit of {n_models} models, K={n_components}" if progress else None
+    result = _fit_many_programs(args, static, max_iter, description, options["on_interrupt"])
     history = result.history
     if history.shape[1] != max_iter:
         history = jax.jit(lambda h: h[:, :max_iter], out_shardings=sharding.named())(history)

@@ -1,9 +1,11 @@
-"""A progress bar fed from inside the compiled EM loop (``fit(..., progress=True)``).
+"""A progress bar of EM iterations (``fit(..., progress=True)``).
 
-The compiled loop calls :func:`report_iteration` through ``jax.debug.callback`` after
-every iteration (once per restart / model under ``vmap``); the bar shows the furthest
-iteration reached and the best lower bound so far. Bars only show for concrete calls:
-inside a user's own ``jit`` the callback finds no open bar and does nothing.
+On concrete input the host loop (:mod:`jaxgmm._host_loop`) calls
+:func:`report_iteration` after every block of iterations, so the bar stops where the
+fit stopped (also on Ctrl-C). The single compiled program (used on traced input:
+the user's ``jit``, ``vmap``, ``grad``) calls it through ``jax.debug.callback`` after
+every iteration instead; inside the user's ``jit`` no bar is open and it does
+nothing. The bar shows the furthest iteration reached and the best lower bound so far.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from jaxgmm._validation import (
     check_data,
     check_key,
     check_n_samples,
+    check_params,
     check_sample_weight,
     is_traced,
 )
@@ -50,15 +51,16 @@ class UnconstrainedParams(NamedTuple):
     cholesky: jax.Array
 
 
-def to_unconstrained(params: GaussianMixtureParams) -> UnconstrainedParams:
+def to_unconstrained(params) -> UnconstrainedParams:
     """Unconstrained coordinates of a mixture (inverse of :func:`from_unconstrained`).
 
     Args:
-        params: :class:`GaussianMixtureParams` with positive weights.
+        params: :class:`GaussianMixtureParams` (or a ``FitResult``) with positive weights.
 
     Returns:
         :class:`UnconstrainedParams` (logits = log weights).
     """
+    params = check_params(params)
     model = covariance_model(params.covariance_type)
     return UnconstrainedParams(
         logits=jnp.log(params.weights),

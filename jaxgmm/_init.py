@@ -103,12 +103,13 @@ def kmeans_plusplus(
     Returns:
         centers: (K, D) the seed rows and their positions: (K,) int32.
     """
-    X, w, index = rows.flat()
+    X, w, index = rows.flat()  # X as stored: only drawn rows are read (centred)
     n_active = n_clusters if n_active is None else n_active
     max_trials = 2 + int(math.log(n_clusters))
     n_trials = _n_local_trials(n_active)
     first, first_index = draw_rows(jax.random.fold_in(key, 0), w, 1, X, index, reducer)
-    closest = jnp.sum((X - first) ** 2, axis=1)
+    first = rows.read(first)
+    closest = rows.map_chunks(lambda x: jnp.sum((x - first) ** 2, axis=1))
 
     def add_seed(i, carry):
         centers, indices, closest = carry
@@ -118,7 +119,9 @@ def kmeans_plusplus(
         candidates, candidate_index = draw_rows(
             jax.random.fold_in(key, i), potential, max_trials, X, index, reducer
         )
-        new_closest = jnp.minimum(closest[:, None], _squared_distances(X, candidates))
+        candidates = rows.read(candidates)
+        distances = rows.map_chunks(lambda x: _squared_distances(x, candidates))
+        new_closest = jnp.minimum(closest[:, None], distances)
         cost = reducer.all_reduce(jnp.sum(w[:, None] * new_closest, axis=0))
         trials = jnp.arange(max_trials, dtype=jnp.int32)
         best = jnp.argmin(jnp.where(trials < n_trials, cost, jnp.inf))
@@ -154,7 +157,7 @@ def _top_rows_by_gumbel(key, rows: Rows, n_rows: int, reducer=IN_MEMORY):
     candidates = reducer.all_gather(X[position]).reshape(-1, X.shape[1])
     candidate_index = reducer.all_gather(index[position]).reshape(-1)
     _, best = jax.lax.top_k(scores, n_rows)
-    return candidates[best], candidate_index[best]
+    return rows.read(candidates[best]), candidate_index[best]
 
 
 def _masked_distances(X: jax.Array, centers: jax.Array, active: jax.Array | None) -> jax.Array:

@@ -80,10 +80,76 @@ def iterate(
     Returns:
         The final :class:`LoopState`.
     """
-    dtype = rows.x.dtype
 
     def keep_going(state: LoopState) -> jax.Array:
-        return (state.n_iter < max_iter) & ~state.converged & state.finite
+        return running(state, max_iter)
+
+    one_iteration = _iteration(solver, rows, tol, report_progress)
+    state = start(solver, params, history_length, lower_bound)
+    return jax.lax.while_loop(keep_going, one_iteration, state)
+
+
+def start(
+    solver,
+    params: GaussianMixtureParams,
+    history_length: int,
+    lower_bound: jax.Array | None = None,
+) -> LoopState:
+    """The :class:`LoopState` before the first iteration.
+
+    Args:
+        solver: as in :func:`iterate`; params: initial parameters.
+        history_length: H, the static length of the history.
+        lower_bound: () the objective of ``params`` if known (warm start), else -inf.
+
+    Returns:
+        A state with ``n_iter`` 0 and an all-NaN (H,) history.
+    """
+    dtype = params.means.dtype
+    if lower_bound is None:
+        lower_bound = jnp.asarray(-jnp.inf, dtype)
+    params = solver.init(params)
+    return LoopState(
+        params=params,
+        lower_bound=lower_bound,
+        n_iter=jnp.asarray(0, jnp.int32),
+        converged=jnp.asarray(False),
+        finite=all_finite(params),
+        history=jnp.full((history_length,), jnp.nan, dtype),
+    )
+
+
+def advance(
+    solver,
+    rows: Rows,
+    state: LoopState,
+    tol: jax.Array,
+    max_iter: jax.Array,
+    budget: jax.Array,
+) -> LoopState:
+    """Continue :func:`iterate`'s loop for at most ``budget`` more iterations.
+
+    The iterations are :func:`iterate`'s, so running a fit as consecutive calls of
+    ``advance`` gives bit for bit the state one :func:`iterate` gives.
+
+    Args:
+        solver, rows, tol, max_iter: as in :func:`iterate`.
+        state: where the run stands (from :func:`start` or a previous ``advance``).
+        budget: () int, the most iterations this call runs (traced).
+
+    Returns:
+        The new :class:`LoopState`; ``running(state, max_iter)`` tells whether it is done.
+    """
+    stop_at = state.n_iter + budget
+
+    def keep_going(state: LoopState) -> jax.Array:
+        return running(state, max_iter) & (state.n_iter < stop_at)
+
+    return jax.lax.while_loop(keep_going, _iteration(solver, rows, tol), state)
+
+
+def _iteration(solver, rows: Rows, tol: jax.Array, report_progress: bool = False):
+    """The loop body: one solver step, guarded against non-finite values."""
 
     def one_iteration(state: LoopState) -> LoopState:
         new_params, objective = solver.step(rows, state.params)
@@ -103,36 +169,40 @@ def iterate(
             history=state.history.at[state.n_iter].set(objective, mode="drop"),
         )
 
-    if lower_bound is None:
-        lower_bound = jnp.asarray(-jnp.inf, dtype)
-    params = solver.init(params)
-    state = LoopState(
-        params=params,
-        lower_bound=lower_bound,
-        n_iter=jnp.asarray(0, jnp.int32),
-        converged=jnp.asarray(False),
-        finite=all_finite(params),
-        history=jnp.full((history_length,), jnp.nan, dtype),
-    )
-    return jax.lax.while_loop(keep_going, one_iteration, state)
+    return one_iteration
 
 
-def status(state: LoopState) -> jax.Array:
-    """() int32 :class:`Status` code of a finished run."""
-    return jnp.where(
+def running(state: LoopState, max_iter: jax.Array) -> jax.Array:
+    """() bool: the run has not stopped (converged, ``max_iter`` or non-finite)."""
+    return (state.n_iter < max_iter) & ~state.converged & state.finite
+
+
+def status(state: LoopState, max_iter: jax.Array | None = None) -> jax.Array:
+    """() int32 :class:`Status` code of a run.
+
+    Args:
+        state: the run's state.
+        max_iter: None for a finished run; else a run that has not stopped yet
+            (interrupted between blocks of iterations) is ``Status.INTERRUPTED``.
+    """
+    code = jnp.where(
         ~state.finite,
         Status.NON_FINITE,
         jnp.where(state.converged, Status.CONVERGED, Status.MAX_ITER),
-    ).astype(jnp.int32)
+    )
+    if max_iter is not None:
+        code = jnp.where(running(state, max_iter), Status.INTERRUPTED, code)
+    return code.astype(jnp.int32)
 
 
 def select_restart(statuses: jax.Array, lower_bounds: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Index of the best restart, and every restart's score.
 
     A restart's score is its lower bound, or -inf if it became non-finite. The best
-    restart has the highest score; ties (all -inf, e.g. ``max_iter = 0``) go to the
-    first restart that stayed finite, so a non-finite restart is chosen only when
-    every restart is non-finite.
+    restart has the highest score among the finished ones that stayed finite; ties
+    (all -inf, e.g. ``max_iter = 0``) go to the first of them. Interrupted restarts
+    (``Status.INTERRUPTED``) are chosen only when no finite restart finished, and a
+    non-finite restart only when every restart is non-finite.
 
     Args:
         statuses: (n_init,) :class:`Status` codes; lower_bounds: (n_init,).
@@ -142,6 +212,8 @@ def select_restart(statuses: jax.Array, lower_bounds: jax.Array) -> tuple[jax.Ar
     """
     finite = statuses != Status.NON_FINITE
     scores = jnp.where(finite, lower_bounds, -jnp.inf)
-    best = jnp.argmax(scores)
-    best = jnp.where(finite[best], best, jnp.argmax(finite))
+    finished = finite & (statuses != Status.INTERRUPTED)
+    eligible = jnp.where(jnp.any(finished), finished, finite)
+    best = jnp.argmax(jnp.where(eligible, scores, -jnp.inf))
+    best = jnp.where(eligible[best], best, jnp.argmax(eligible))
     return best, scores

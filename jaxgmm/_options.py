@@ -7,6 +7,7 @@ import dataclasses
 from jaxgmm._validation import check_chunk_size, check_options
 
 MATMUL_PRECISIONS = ("highest", "high", "default")
+ON_INTERRUPT = ("raise", "return")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,10 @@ class FitOptions:
             ``"highest"`` (full float32, the default), ``"high"`` or ``"default"``
             (on recent NVIDIA GPUs float32 products then run in TF32, about 10
             mantissa bits: faster, but no longer scikit-learn's answers to 1e-6).
+        on_interrupt: what a KeyboardInterrupt (Ctrl-C) during the EM iterations does:
+            ``"raise"`` (the default) closes progress bars and raises it;
+            ``"return"`` returns the last finished iteration's parameters, with
+            ``Status.INTERRUPTED`` unless a restart had finished.
     """
 
     covariance_type: str = "full"
@@ -35,6 +40,7 @@ class FitOptions:
     init: str = "kmeans"
     chunk_size: int | None = None
     matmul_precision: str = "highest"
+    on_interrupt: str = "raise"
 
     def check(self, n_components: int) -> FitOptions:
         """Raise ValueError/TypeError (with a fix) unless every option is valid; -> self."""
@@ -52,6 +58,12 @@ class FitOptions:
             raise ValueError(
                 f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
                 f"{self.matmul_precision!r}."
+            )
+        if not isinstance(self.on_interrupt, str) or self.on_interrupt not in ON_INTERRUPT:
+            raise ValueError(
+                f"on_interrupt must be one of {ON_INTERRUPT}, got {self.on_interrupt!r}: "
+                '"raise" stops a fit on Ctrl-C with KeyboardInterrupt, "return" returns the '
+                "parameters of the last finished iteration."
             )
         return self
 

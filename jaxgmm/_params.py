@@ -60,6 +60,7 @@ class Status(enum.IntEnum):
     CONVERGED = 0
     MAX_ITER = 1
     NON_FINITE = 2
+    INTERRUPTED = 3
 
     @property
     def message(self) -> str:
@@ -78,6 +79,11 @@ _STATUS_MESSAGES = {
         "empirical covariance (for instance caused by singleton or collapsed samples), and "
         "every restart produced non-finite values. Try to decrease the number of "
         "components, increase reg_covar, or scale the input data."
+    ),
+    Status.INTERRUPTED: (
+        "Interrupted (Ctrl-C) before the lower bound changed by less than tol or max_iter "
+        "was reached: the parameters are those of the last finished iteration. A finished "
+        "restart is always chosen over an interrupted one."
     ),
 }
 

@@ -35,28 +35,52 @@ class Rows:
         index: (N_chunks, C) int32 position of each row in the caller's data, so that
             per-row random draws do not depend on padding or on how rows are sharded.
         mask: reserved for missing values (None: every entry observed).
+        offset: None, or (D,) subtracted from every row as it is read (the data's
+            centre): the centred rows are never stored as a second (N, D) array.
     """
 
     x: jax.Array
     weight: jax.Array
     index: jax.Array
     mask: jax.Array | None = None
+    offset: jax.Array | None = None
 
     @property
     def n_features(self) -> int:
         """D."""
         return self.x.shape[-1]
 
+    def read(self, x: jax.Array) -> jax.Array:
+        """Rows as the passes see them: ``x - offset``; (..., D) -> (..., D)."""
+        return x if self.offset is None else x - self.offset
+
+    def centred(self, offset: jax.Array) -> Rows:
+        """The same rows read as ``x - offset``; offset: (D,)."""
+        return dataclasses.replace(self, offset=offset)
+
     def flat(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(x (N, D), weight (N,), index (N,)) of every row, chunks concatenated."""
+        """(x (N, D) as stored, weight (N,), index (N,)), chunks concatenated.
+
+        ``x`` is *not* read through :meth:`read` (that would store a centred copy):
+        callers read the few rows they pick, or use :meth:`map_chunks`.
+        """
         return (
             self.x.reshape(-1, self.n_features),
             self.weight.reshape(-1),
             self.index.reshape(-1),
         )
 
+    def map_chunks(self, fn: Callable) -> jax.Array:
+        """``fn(x)`` for every chunk of rows as read, concatenated; (C, D) -> (C, ...)
+        per chunk, (N, ...) in all. Only one chunk is read at a time."""
+        if self.x.shape[0] == 1:
+            return fn(self.read(self.x[0]))
+        out = jax.lax.map(lambda x: fn(self.read(x)), self.x)
+        return out.reshape((-1,) + out.shape[2:])
+
     def chunks(self) -> tuple[jax.Array, ...]:
-        """The arrays with a leading chunk axis, as ``lax.scan`` walks them."""
+        """The stored arrays with a leading chunk axis, as ``lax.scan`` walks them
+        (``x`` before :meth:`read`)."""
         return (self.x, self.weight, self.index)
 
 
@@ -90,14 +114,19 @@ class InMemory:
     """Every row is in this program: sums run as a scan over chunks."""
 
     def sum(self, fn: Callable, rows: Rows):
-        """Sum ``fn(x (C, D), weight (C,), index (C,))`` over every chunk of ``rows``."""
+        """Sum ``fn(x (C, D), weight (C,), index (C,))`` over every chunk of ``rows``
+        (``x`` as :meth:`Rows.read` gives it)."""
+
+        def read_chunk(x, weight, index):
+            return fn(rows.read(x), weight, index)
+
         if rows.x.shape[0] == 1:
-            return self.all_reduce(fn(*(a[0] for a in rows.chunks())))
-        shapes = jax.eval_shape(fn, *(a[0] for a in rows.chunks()))
+            return self.all_reduce(read_chunk(*(a[0] for a in rows.chunks())))
+        shapes = jax.eval_shape(read_chunk, *(a[0] for a in rows.chunks()))
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def add_chunk(total, chunk):
-            return add(total, fn(*chunk)), None
+            return add(total, read_chunk(*chunk)), None
 
         total, _ = jax.lax.scan(add_chunk, zeros, rows.chunks())
         return self.all_reduce(total)

@@ -4,7 +4,9 @@ Run ``jaxgmm --help`` or ``jaxgmm COMMAND --help``. Every command calls only the
 functional API (``jaxgmm.fit``, ``predict``, ``bic``, ...), :mod:`jaxgmm.io`,
 :mod:`jaxgmm.datasets` and :mod:`jaxgmm.plot`. Errors caused by the input (a missing
 file, a malformed table, a file that is not a model) print one line on stderr and exit
-with status 1; usage errors exit with 2.
+with status 1; usage errors exit with 2. Ctrl-C stops a fit within a second, prints one
+line and exits with status 130; every output file is written atomically (a temporary
+file renamed into place), so an interrupted command leaves none half-written.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ EXIT_INTERRUPTED = 130
 DEFAULT_K_RANGE = "1..8"
 DEMO_K_RANGE = "1..6"
 _MAX_MEAN_COLUMNS = 8
+# The files this command has written so far (for the message after an interrupt).
+_written: list[Path] = []
 
 _EPILOG = """\
 exit status: 0 success, 1 bad input or failed fit, 2 usage error, 130 interrupted.
@@ -402,16 +407,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    _written.clear()
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
-        print("jaxgmm: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"jaxgmm: {_interrupted_message(interrupt)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CLIError, DataFileError, ModelFileError, OSError, ValueError, TypeError) as err:
         if os.environ.get("JAXGMM_TRACEBACK"):
             raise
         print(f"jaxgmm: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _interrupted_message(interrupt: KeyboardInterrupt) -> str:
+    """One line: how far the fit got, and which files (if any) were written before."""
+    n_iter = getattr(interrupt, "n_iter", None)
+    where = "interrupted" if n_iter is None else f"interrupted after {n_iter} iterations"
+    if not _written:
+        return f"{where}; nothing was written"
+    return f"{where}; already written: {', '.join(str(p) for p in _written)}"
+
+
+def _write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write a file through ``write(temporary_path)``, then rename it into place.
+
+    An interrupt or error leaves no half-written file at ``path`` (and no temporary one).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a new file's usual permissions, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _written.append(path)
+
+
+def _save_figure(fig, path: str | os.PathLike) -> None:
+    """``fig.savefig(path)``, written atomically (no suffix: PNG, ``.png`` added, as matplotlib)."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    fmt = path.suffix[1:].lower()
+    _write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format=fmt))
 
 
 def _one_line(err: BaseException) -> str:
@@ -568,16 +612,19 @@ def _sweep(
 
     trials = []
     bar = progress_bar(ks, desc="fitting K", enabled=progress, unit="K")
-    for k in bar:
-        bar.set_postfix_str(f"K={k}")
-        if k > X.shape[0]:
-            trials.append(_Trial(k=k, n_points=X.shape[0], error=f"K={k} > {X.shape[0]} points"))
-            continue
-        try:
-            trials.append(_fit_trial(X, k, options, progress))
-        except ValueError as err:
-            trials.append(_Trial(k=k, n_points=X.shape[0], error=_one_line(err)))
-    bar.close()
+    try:
+        for k in bar:
+            bar.set_postfix_str(f"K={k}")
+            if k > X.shape[0]:
+                error = f"K={k} > {X.shape[0]} points"
+                trials.append(_Trial(k=k, n_points=X.shape[0], error=error))
+                continue
+            try:
+                trials.append(_fit_trial(X, k, options, progress))
+            except ValueError as err:
+                trials.append(_Trial(k=k, n_points=X.shape[0], error=_one_line(err)))
+    finally:
+        bar.close()
     return trials
 
 
@@ -717,7 +764,8 @@ def _save_model(path: Path, trial: _Trial, data: _Data, source: Path, command: s
         "bic": trial.bic,
         "aic": trial.aic,
     }
-    io.save(path, trial.result, metadata=metadata)
+    io.save(path, trial.result, metadata=metadata)  # written atomically
+    _written.append(Path(path))
     print(f"\nSaved the model to {path} (load it with jaxgmm.load or jaxgmm predict).")
 
 
@@ -743,7 +791,7 @@ def _draw(path: str, trial: _Trial, data: _Data, trials: list[_Trial] | None, ti
         criteria=criteria,
         title=title,
     )
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     print(f"Wrote the picture to {path}")
 
 
@@ -842,7 +890,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     _, params, data = _load_model_and_data(args)
     path = args.output or f"{args.model.stem}.png"
     fig = plot.summary_figure(params, data.X, title=f"{args.model.name} on {args.file.name}")
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     print(f"Wrote the picture to {path}")
     return EXIT_OK
 
@@ -873,7 +921,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        args.output.write_text(text)
+        _write_atomically(args.output, lambda tmp: Path(tmp).write_text(text))
         print(f"Wrote {table.shape[0]} rows to {args.output}.", file=sys.stderr)
     return EXIT_OK
 

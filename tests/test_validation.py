@@ -36,6 +36,7 @@ def _engine_reached(*args, **kwargs):
 def engine_unreachable(monkeypatch):
     """Make reaching the compiled engine a test failure."""
     monkeypatch.setattr(jaxgmm._fit, "fit_compiled", _engine_reached)
+    monkeypatch.setattr(jaxgmm._fit, "fit_start", _engine_reached)
     monkeypatch.setattr(jaxgmm._inference, "_evaluate_program", _engine_reached)
     monkeypatch.setattr(jaxgmm._inference, "_sample", _engine_reached)
 
@@ -247,7 +248,7 @@ def test_bad_option(X, option, value, exc, fragment):
 def test_options_accept_numpy_and_jax_scalars(X, monkeypatch):
     """np.int64 / np.float32 / 0-d arrays are fine; validation passes them on."""
     calls = []
-    monkeypatch.setattr(jaxgmm._fit, "fit_compiled", lambda *a, **k: calls.append(k) or 1 / 0)
+    monkeypatch.setattr(jaxgmm._fit, "fit_start", lambda *a, **k: calls.append(k) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         jaxgmm.fit(
             X,

@@ -1,0 +1,134 @@
+"""The short host loop that drives a fit's compiled blocks of EM iterations.
+
+Python regains control after every block (:mod:`jaxgmm._blocks`), so a
+KeyboardInterrupt (Ctrl-C, a notebook's interrupt button) surfaces at the end of
+the block that is running, and the progress bar moves. Blocks are sized from the
+measured time per iteration so that one takes about :data:`TARGET_SECONDS`: the
+first block of a new program is a few iterations (its time includes compiling),
+the next ones are scaled to the target. A program's time per iteration is
+remembered, so a repeated fit starts with blocks of the right size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgmm import _fit_progress
+
+# One block should take about this long: 4x below the 1 s bound on an interrupt's
+# delay, and long enough that the host's ~0.1 ms per block is negligible.
+TARGET_SECONDS = 0.25
+# The first block of a program not timed before.
+FIRST_BLOCK = 4
+# Under jax.distributed every process must run the same blocks, so block sizes
+# cannot come from each process's clock: they double up to this many iterations.
+DISTRIBUTED_BLOCK = 64
+_MAX_REMEMBERED = 256
+
+_seconds_per_iteration: OrderedDict[Hashable, float] = OrderedDict()
+
+
+def run_blocks(
+    start: Callable[[], Any],
+    advance: Callable[[Any, jax.Array], tuple[Any, Any, Any]],
+    *,
+    max_iter: int,
+    on_interrupt: str,
+    program: Hashable,
+    progress: str | None = None,
+):
+    """Start a fit, then advance it block by block until every restart has stopped.
+
+    Args:
+        start: ``start() -> state``, the compiled initialisation.
+        advance: ``advance(state, budget) -> (state, result, summary)``: at most
+            ``budget`` more iterations; ``result`` is the best restart so far (restarts
+            still running marked ``Status.INTERRUPTED``); ``summary`` is a
+            :class:`jaxgmm._blocks.Summary`.
+        max_iter: the fit's ``max_iter`` (no block needs more).
+        on_interrupt: ``"raise"``: a KeyboardInterrupt propagates, with the number of
+            iterations run in its ``n_iter`` attribute; ``"return"``: return the
+            result of the last finished block (if initialisation had finished).
+        program: a hashable key of the compiled programs and shapes (for block sizes).
+        progress: None, or the description of a progress bar of EM iterations.
+
+    Returns:
+        The last block's ``result``.
+
+    Raises:
+        KeyboardInterrupt: interrupted, with ``on_interrupt="raise"``, or before the
+            restarts were initialised.
+    """
+    bar = _fit_progress.fit_progress(max_iter, progress) if progress else None
+    if bar is not None:
+        bar.__enter__()
+    state = result = None
+    n_iter = 0
+    try:
+        state = start()
+        budget = _first_budget(program, max_iter)
+        # The first block of a program not run before includes compiling it.
+        timed = program in _seconds_per_iteration
+        slowest = 0.0
+        while True:
+            began = time.perf_counter()
+            state, result, summary = advance(state, jnp.asarray(budget, jnp.int32))
+            still_running, last_n_iter, lower_bound = jax.device_get(summary)
+            seconds = time.perf_counter() - began
+            ran, n_iter = int(last_n_iter) - n_iter, int(last_n_iter)
+            if bar is not None:
+                _fit_progress.report_iteration(n_iter, lower_bound)
+            per_iteration = seconds / max(ran, 1)
+            if timed:
+                slowest = max(slowest, per_iteration)
+            if not still_running:
+                if slowest > 0.0:
+                    _remember(program, slowest)
+                return result
+            timed = True
+            budget = _next_budget(budget, per_iteration, max_iter)
+    except KeyboardInterrupt as interrupt:
+        interrupt.n_iter = n_iter
+        if on_interrupt == "raise" or state is None:
+            raise
+        if result is None:  # interrupted before the first block: the initial parameters
+            _, result, _ = advance(state, jnp.asarray(0, jnp.int32))
+        return jax.block_until_ready(result)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def _first_budget(program: Hashable, max_iter: int) -> int:
+    """A program's first block: sized from its remembered time per iteration, if any."""
+    seconds = _seconds_per_iteration.get(program)
+    if seconds is None or jax.process_count() > 1:
+        return _clip(FIRST_BLOCK, max_iter)
+    return _clip(TARGET_SECONDS / seconds, max_iter)
+
+
+def _next_budget(budget: int, per_iteration: float, max_iter: int) -> int:
+    """The next block: TARGET_SECONDS at the last block's time per iteration."""
+    if jax.process_count() > 1:
+        return _clip(min(2 * budget, DISTRIBUTED_BLOCK), max_iter)
+    return _clip(TARGET_SECONDS / max(per_iteration, 1e-9), max_iter)
+
+
+def _clip(budget: float, max_iter: int) -> int:
+    """``budget`` as an int in [1, max_iter] (1 when max_iter is 0)."""
+    return int(np.clip(budget, 1, max(1, max_iter)))
+
+
+def _remember(program: Hashable, seconds: float) -> None:
+    """Keep a program's slowest time per iteration (most recently used programs only)."""
+    _seconds_per_iteration[program] = seconds
+    _seconds_per_iteration.move_to_end(program)
+    while len(_seconds_per_iteration) > _MAX_REMEMBERED:
+        _seconds_per_iteration.popitem(last=False)

@@ -1,0 +1,388 @@
+"""Ctrl-C during a fit: blocks of iterations driven from Python, bit for bit the same fit.
+
+The subprocess tests start a long fit (``tol=0``, a huge ``max_iter``) in a child
+process, wait until it reports EM iterations (after compiling), send SIGINT and check
+what the child does. Every wait is bounded; a child still running is killed.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxgmm
+import jaxgmm._fit
+from jaxgmm import Status
+from jaxgmm._host_loop import run_blocks
+
+COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
+# The bound the issue sets on the delay between the signal and the KeyboardInterrupt.
+INTERRUPT_BOUND_S = 2.0
+CHILD_TIMEOUT_S = 240.0
+
+
+# ------------------------------------------------------ blocked fit == single program
+
+
+def _single_program(monkeypatch) -> None:
+    """Make ``fit``/``fit_many`` take the single-program path (as under the user's jit)."""
+    monkeypatch.setattr(jaxgmm._fit, "under_trace", lambda values: True)
+
+
+def _assert_identical(a, b) -> None:
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y, strict=True)
+
+
+def _data(dtype) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(600, 3))
+    X[:200] += 4.0
+    X[200:350, :2] -= 3.0
+    return X.astype(dtype)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_init", [1, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_fit_is_bit_identical_to_the_single_program(
+    covariance_type, n_init, dtype, monkeypatch
+):
+    # One-iteration blocks: the most block boundaries a fit can have.
+    monkeypatch.setattr("jaxgmm._host_loop.FIRST_BLOCK", 1)
+    monkeypatch.setattr("jaxgmm._host_loop.TARGET_SECONDS", 0.0)
+    X = _data(dtype)
+    options = dict(covariance_type=covariance_type, n_init=n_init, key=3, tol=1e-5, max_iter=40)
+    blocked = jaxgmm.fit(X, 3, **options)
+    _single_program(monkeypatch)
+    single = jaxgmm.fit(X, 3, **options)
+    assert int(blocked.n_iter) > 1
+    _assert_identical(blocked, single)
+
+
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_blocked_fit_many_is_bit_identical_to_the_single_program(n_init, monkeypatch):
+    datasets = [_data(np.float32)[i::3] for i in range(3)]
+    options = dict(covariance_type="diag", n_init=n_init, key=5, tol=1e-4, max_iter=30)
+    blocked = jaxgmm.fit_many(datasets, 2, **options)
+    _single_program(monkeypatch)
+    single = jaxgmm.fit_many(datasets, 2, **options)
+    _assert_identical(blocked, single)
+
+
+def test_blocked_fits_in_several_vmapped_groups_are_bit_identical(monkeypatch):
+    """Restarts and models split into groups of 2 (the last one padded), blocks of 1."""
+    monkeypatch.setattr("jaxgmm._batching.group_size", lambda n_members, elements: 2)
+    monkeypatch.setattr("jaxgmm._host_loop.FIRST_BLOCK", 1)
+    monkeypatch.setattr("jaxgmm._host_loop.TARGET_SECONDS", 0.0)
+    rng = np.random.default_rng(11)
+    # Shapes no other test uses: no program compiled with other groups is reused.
+    datasets = rng.normal(size=(5, 131, 3)).astype(np.float32)
+    datasets[:, :40] += 3.0
+    options = dict(covariance_type="full", n_init=4, key=9, tol=1e-4, max_iter=25)
+    blocked_many = jaxgmm.fit_many(datasets, 2, **options)
+    blocked_one = jaxgmm.fit(datasets[0], 2, **options)
+    _single_program(monkeypatch)
+    _assert_identical(blocked_many, jaxgmm.fit_many(datasets, 2, **options))
+    _assert_identical(blocked_one, jaxgmm.fit(datasets[0], 2, **options))
+
+
+def test_n_init_8_still_contains_the_n_init_1_run():
+    X = _data(np.float32)
+    one = jaxgmm.fit(X, 3, key=2, tol=1e-6)
+    eight = jaxgmm.fit(X, 3, key=2, tol=1e-6, n_init=8)
+    assert float(eight.restart_lower_bounds[0]) == float(one.lower_bound)
+    assert float(eight.lower_bound) >= float(one.lower_bound)
+
+
+# ----------------------------------------------------------- the host loop's choices
+
+
+def test_select_restart_never_prefers_an_interrupted_restart():
+    from jaxgmm._iterate import select_restart
+
+    statuses = jnp.asarray(
+        [Status.INTERRUPTED, Status.MAX_ITER, Status.NON_FINITE, Status.INTERRUPTED]
+    )
+    best, scores = select_restart(statuses, jnp.asarray([5.0, -1.0, 9.0, 7.0]))
+    assert int(best) == 1
+    np.testing.assert_array_equal(scores, [5.0, -1.0, -np.inf, 7.0])
+    statuses = jnp.asarray([Status.INTERRUPTED, Status.NON_FINITE, Status.INTERRUPTED])
+    best, _ = select_restart(statuses, jnp.asarray([5.0, 9.0, 7.0]))
+    assert int(best) == 2  # no restart finished: the best interrupted one
+
+
+def test_interrupt_between_blocks_returns_or_raises():
+    """KeyboardInterrupt raised by the loop's own code: "return" keeps the last block."""
+    from jaxgmm._blocks import Summary
+
+    calls = []
+
+    def advance(state, budget):
+        calls.append(int(budget))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        assert len(calls) < 3
+        summary = Summary(jnp.asarray(True), jnp.asarray(2 * len(calls)), jnp.asarray(-1.0))
+        return state + 1, jnp.asarray(state + 1), summary
+
+    options = dict(max_iter=1000, program=("test", object()))
+    result = run_blocks(lambda: 0, advance, on_interrupt="return", **options)
+    assert int(result) == 2
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt) as raised:
+        run_blocks(lambda: 0, advance, on_interrupt="raise", **options)
+    assert raised.value.n_iter == 4
+
+
+def test_interrupt_after_two_blocks_returns_their_iterations_and_the_estimator_raises(
+    monkeypatch,
+):
+    """A KeyboardInterrupt in the third block: "return" gives iteration 2 exactly."""
+    from jaxgmm import GaussianMixture
+
+    real_advance = jaxgmm._fit.fit_advance
+    calls = []
+
+    def advance(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_advance(*args, **kwargs)
+
+    monkeypatch.setattr(jaxgmm._fit, "fit_advance", advance)
+    monkeypatch.setattr("jaxgmm._host_loop.FIRST_BLOCK", 1)
+    monkeypatch.setattr("jaxgmm._host_loop.TARGET_SECONDS", 0.0)
+    X = _data(np.float64)
+    options = dict(tol=0.0, n_init=2, key=4)
+    result = jaxgmm.fit(X, 3, max_iter=50, on_interrupt="return", **options)
+    assert int(result.status) == Status.INTERRUPTED
+    assert int(result.n_iter) == 2 and not bool(result.converged)
+    assert np.isfinite(result.history[:2]).all() and np.isnan(result.history[2:]).all()
+    two = jaxgmm.fit(X, 3, max_iter=2, **options)  # the same two iterations, finished
+    assert int(two.status) == Status.MAX_ITER
+    np.testing.assert_array_equal(result.params.means, two.params.means)
+    np.testing.assert_array_equal(result.params.covariances, two.params.covariances)
+    assert float(result.lower_bound) == float(two.lower_bound)
+
+    calls.clear()
+    estimator = GaussianMixture(3, tol=0.0, max_iter=50)
+    with pytest.raises(KeyboardInterrupt):
+        estimator.fit(X)
+    assert not hasattr(estimator, "means_")
+
+
+def test_on_interrupt_is_checked_before_anything_is_traced(monkeypatch):
+    def engine(*args, **kwargs):
+        raise AssertionError("reached the engine")
+
+    monkeypatch.setattr(jaxgmm._fit, "fit_start", engine)
+    monkeypatch.setattr(jaxgmm._fit, "fit_compiled", engine)
+    X = _data(np.float64)
+    for bad in ["ignore", None, 1]:
+        with pytest.raises(ValueError, match="on_interrupt must be one of"):
+            jaxgmm.fit(X, 2, on_interrupt=bad)
+        with pytest.raises(ValueError, match="on_interrupt must be one of"):
+            jaxgmm.fit_many([X, X], 2, on_interrupt=bad)
+
+
+def test_interrupted_status_has_a_message():
+    assert "Interrupted" in Status.INTERRUPTED.message
+    assert Status(3) is Status.INTERRUPTED
+
+
+# ------------------------------------------------------------ real SIGINT, subprocess
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    import jaxgmm
+    from jaxgmm import _fit_progress
+
+    on_interrupt = sys.argv[1]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20000, 2)).astype(np.float32)
+    X[:5000] += 3.0
+    report = _fit_progress.report_iteration
+
+    def announce(n_iter, lower_bound):
+        report(n_iter, lower_bound)
+        if not getattr(announce, "done", False):
+            announce.done = True
+            print("ITERATING", flush=True)
+
+    _fit_progress.report_iteration = announce
+    try:
+        result = jaxgmm.fit(
+            X, 4, tol=0.0, max_iter=1_000_000, n_init=2, progress=True,
+            on_interrupt=on_interrupt,
+        )
+    except KeyboardInterrupt as interrupt:
+        print(f"KEYBOARDINTERRUPT {interrupt.n_iter}", flush=True)
+        sys.exit(3)
+    params = [np.asarray(a) for a in (result.params.weights, result.params.means,
+                                      result.params.covariances)]
+    print("RESULT " + json.dumps({
+        "status": int(result.status),
+        "n_iter": int(result.n_iter),
+        "finite": bool(all(np.isfinite(a).all() for a in params)),
+        "weights_sum": float(params[0].sum()),
+        "history_finite": int(np.isfinite(np.asarray(result.history)).sum()),
+    }), flush=True)
+    """
+)
+
+
+def _child_env() -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXGMM_COMPILATION_CACHE": "0"}
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+class _Lines:
+    """A child's stdout lines, read by a thread, each with its arrival time."""
+
+    def __init__(self, stream):
+        self.lines: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float) -> tuple[float, str]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for when, line in self.lines:
+                    if re.search(pattern, line):
+                        return when, line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line matching {pattern!r}; got {self.lines}")
+                self._cond.wait(left)
+
+
+def _interrupt_child(tmp_path: Path, on_interrupt: str) -> tuple[float, str, int]:
+    """Run the child, SIGINT it while it iterates; -> (delay, its last line, exit code)."""
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    child = subprocess.Popen(
+        [sys.executable, str(script), on_interrupt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_child_env(),
+    )
+    try:
+        lines = _Lines(child.stdout)
+        lines.wait_for("^ITERATING$", CHILD_TIMEOUT_S)
+        time.sleep(0.5)  # well inside the fit: several blocks run
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        arrived, line = lines.wait_for("^(KEYBOARDINTERRUPT|RESULT)", 30.0)
+        code = child.wait(timeout=60.0)
+        return arrived - sent, line, code
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_sigint_stops_a_long_fit_with_keyboard_interrupt(tmp_path):
+    delay, line, code = _interrupt_child(tmp_path, "raise")
+    assert line.startswith("KEYBOARDINTERRUPT"), line
+    assert int(line.split()[1]) > 0  # it was iterating
+    assert code == 3
+    assert delay < INTERRUPT_BOUND_S
+
+
+def test_sigint_with_on_interrupt_return_gives_the_last_iteration(tmp_path):
+    import json
+
+    delay, line, code = _interrupt_child(tmp_path, "return")
+    assert line.startswith("RESULT"), line
+    result = json.loads(line.split(" ", 1)[1])
+    assert code == 0
+    assert delay < INTERRUPT_BOUND_S
+    assert result["status"] == Status.INTERRUPTED
+    assert result["finite"]
+    assert result["n_iter"] > 0
+    assert result["history_finite"] == result["n_iter"]
+    assert abs(result["weights_sum"] - 1.0) < 1e-5
+
+
+def test_sigint_stops_the_command_line_with_status_130_and_no_output(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20000, 2))
+    X[:5000] += 3.0
+    data = tmp_path / "data.csv"
+    np.savetxt(data, X, delimiter=",", header="a,b", comments="")
+    output = tmp_path / "model.npz"
+    command = [sys.executable, "-m", "jaxgmm", "fit", str(data), "--components", "4"]
+    command += ["--tol", "0", "--max-iter", "1000000", "--output", str(output), "--progress"]
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_child_env(),
+        cwd=tmp_path,
+    )
+    try:
+        seen = b""
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        os.set_blocking(child.stderr.fileno(), False)
+        # Wait for the progress bar to count iterations (tqdm: "  123/1000000 [").
+        while not re.search(rb"[1-9]\d*/1000000 ", seen):
+            assert time.monotonic() < deadline and child.poll() is None, seen[-2000:]
+            chunk = child.stderr.read()
+            seen += chunk or b""
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        code = child.wait(timeout=60.0)
+        os.set_blocking(child.stderr.fileno(), True)
+        seen += child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert code == 130
+    last = seen.decode(errors="replace").replace("\r", "\n").strip().splitlines()[-1]
+    assert re.fullmatch(r"jaxgmm: interrupted after [1-9]\d* iterations; nothing was written", last)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
+
+
+def test_atomic_writes_leave_nothing_behind_on_error(tmp_path):
+    from jaxgmm import cli
+
+    target = tmp_path / "out.csv"
+
+    def failing(tmp):
+        Path(tmp).write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cli._write_atomically(target, failing)
+    assert list(tmp_path.iterdir()) == []
+    cli._write_atomically(target, lambda tmp: Path(tmp).write_text("whole"))
+    assert target.read_text() == "whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]

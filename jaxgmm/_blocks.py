@@ -43,7 +43,8 @@ from jaxgmm._solver import EM
 
 
 class Data(NamedTuple):
-    """The centred rows of one fit: x (N, D), weight (N,), index (N,), center (D,)."""
+    """The rows of one fit as stored, x (N, D), weight (N,), index (N,), and their
+    centre (D,): the blocks read them centred (:meth:`jaxgmm._rows.Rows.centred`)."""
 
     x: jax.Array
     weight: jax.Array
@@ -139,7 +140,7 @@ def _advance_rows(
     chunk_size,
 ) -> tuple[Restarts, FitResult, Summary]:
     """At most ``budget`` more iterations of every restart; the best restart so far."""
-    rows = split_rows(data.x, data.weight, data.index, chunk_size)
+    rows = split_rows(data.x, data.weight, data.index, chunk_size).centred(data.center)
     active = jnp.arange(n_components, dtype=n_active.dtype) < n_active
     solver = EM(reg_covar=reg_covar, active=active, reducer=reducer)
 
@@ -200,7 +201,7 @@ def fit_start(
             sharding, matmul_precision: its static options.
 
     Returns:
-        :class:`Data` (the centred (N, D) rows, split as X is) and :class:`Restarts`
+        :class:`Data` (the (N, D) rows and their centre, split as X is) and :class:`Restarts`
         (every restart's loop state before its first iteration).
     """
     options = dict(

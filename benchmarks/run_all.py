@@ -18,6 +18,7 @@ from benchmarks import (
     bench_em,
     bench_latency,
     bench_many,
+    bench_online,
     bench_realdata,
     bench_restarts,
     bench_sharded,
@@ -34,6 +35,7 @@ SCRIPTS = {
     "latency": bench_latency,
     "realdata": bench_realdata,
     "sharded": bench_sharded,
+    "online": bench_online,
 }
 
 

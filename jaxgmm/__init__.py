@@ -5,6 +5,7 @@ import importlib.util as _importlib_util
 from jaxgmm import compilation_cache, datasets
 from jaxgmm._covariance import COVARIANCE_TYPES
 from jaxgmm._fit import fit, fit_many
+from jaxgmm._gradient import UnconstrainedParams, fit_gradient, from_unconstrained, to_unconstrained
 from jaxgmm._inference import (
     aic,
     bic,
@@ -15,6 +16,7 @@ from jaxgmm._inference import (
     score,
     score_samples,
 )
+from jaxgmm._online import OnlineEM, OnlineEMState, online_em
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 from jaxgmm._sharding import shard_rows
 from jaxgmm.io import load, save
@@ -30,9 +32,16 @@ __all__ = [
     "bic",
     "datasets",
     "fit",
+    "fit_gradient",
     "fit_many",
+    "from_unconstrained",
+    "to_unconstrained",
+    "UnconstrainedParams",
     "load",
     "n_parameters",
+    "online_em",
+    "OnlineEM",
+    "OnlineEMState",
     "predict",
     "predict_proba",
     "sample",

@@ -149,6 +149,12 @@ class CovarianceModel(Protocol):
     def check_precisions(self, precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
         """Raise ValueError (naming ``name``) unless these are valid precisions in ``dtype``."""
 
+    def to_unconstrained(self, precisions_cholesky) -> jax.Array:
+        """Unconstrained coordinates of the factors (log-diagonal); same shape."""
+
+    def from_unconstrained(self, raw) -> jax.Array:
+        """Factors from unconstrained coordinates; exact inverse of :meth:`to_unconstrained`."""
+
 
 def _flip(a: jax.Array) -> jax.Array:
     """Reverse the last two axes (turns a lower-triangular factor into upper)."""
@@ -342,6 +348,23 @@ class _MatrixCovariance:
         """Diagonal of the covariances; (..., D, D) -> (..., D)."""
         return jnp.diagonal(covariances, axis1=-2, axis2=-1)
 
+    @staticmethod
+    def to_unconstrained(precisions_cholesky: jax.Array) -> jax.Array:
+        """Upper factors with their (positive) diagonal replaced by its log; (..., D, D)."""
+        diagonal = jnp.diagonal(precisions_cholesky, axis1=-2, axis2=-1)
+        eye = jnp.eye(precisions_cholesky.shape[-1], dtype=bool)
+        return jnp.where(eye, jnp.log(diagonal)[..., None, :], jnp.triu(precisions_cholesky, 1))
+
+    @staticmethod
+    def from_unconstrained(raw: jax.Array) -> jax.Array:
+        """Upper factors: the strict upper triangle of ``raw``, exp of its diagonal.
+
+        The strictly lower entries of ``raw`` are ignored; (..., D, D) -> (..., D, D).
+        """
+        diagonal = jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))
+        eye = jnp.eye(raw.shape[-1], dtype=bool)
+        return jnp.where(eye, diagonal[..., None, :], jnp.triu(raw, 1))
+
 
 class _VarianceCovariance:
     """What ``diag`` and ``spherical`` share: variances, fused kernels expanded at zero."""
@@ -379,6 +402,16 @@ class _VarianceCovariance:
     def check_precisions(precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
         """Raise unless every precision value is > 0 in ``dtype``."""
         _check_positive(precisions, dtype, name)
+
+    @staticmethod
+    def to_unconstrained(precisions_cholesky: jax.Array) -> jax.Array:
+        """log(1 / standard deviation) (half the log precision); same shape."""
+        return jnp.log(precisions_cholesky)
+
+    @staticmethod
+    def from_unconstrained(raw: jax.Array) -> jax.Array:
+        """exp(raw): positive factors 1 / standard deviation; same shape."""
+        return jnp.exp(raw)
 
 
 class Full(_MatrixCovariance):

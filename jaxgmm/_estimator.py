@@ -33,8 +33,9 @@ from jaxgmm._inference import n_parameters as _n_parameters
 from jaxgmm._inference import sample as _sample
 from jaxgmm._inference import score as _score
 from jaxgmm._init import INIT_METHODS
+from jaxgmm._online import online_em as _online_em
 from jaxgmm._options import DEFAULTS, MATMUL_PRECISIONS
-from jaxgmm._params import FitResult, GaussianMixtureParams
+from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 from jaxgmm._sharding import leading_axis_sharding
 from jaxgmm._validation import check_data_array as _check_data_array
 from jaxgmm._validation import check_params as _check_params
@@ -274,6 +275,62 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._fit(X, sample_weight)
         return self
 
+    def partial_fit(self, X, y=None, sample_weight=None) -> GaussianMixture:
+        """One online EM update on a batch of rows (Cappé & Moulines' stepwise EM).
+
+        The first call on an unfitted estimator initialises from that batch, as
+        scikit-learn's ``MiniBatchKMeans`` does: a full :meth:`fit` on the batch (with
+        this estimator's ``init_params``, ``n_init``, ``max_iter``, ...), then one
+        online update on the same batch, whose step size is 1. Every later call does
+        one update, ``s <- (1 - rho_t) s + rho_t s_hat(X)`` with ``rho_t = t ** -0.6``
+        (t = 1, 2, ...), from the statistics of the previous calls. An estimator fitted
+        by :meth:`fit` continues from its fitted parameters. For other step sizes use
+        :func:`jaxgmm.online_em` directly.
+
+        After each call ``n_iter_`` is the number of online updates, ``lower_bound_``
+        (and the one entry of ``lower_bounds_``) the batch's mean log-likelihood under
+        the parameters before the update, and ``converged_`` is False (online EM has
+        no convergence test). Calling :meth:`fit` starts afresh.
+
+        Args:
+            X: (B, D) batch; D must match the first call's.
+            y: ignored.
+            sample_weight: (B,) non-negative per-point weights, or None.
+
+        Returns:
+            The updated estimator.
+        """
+        self._check_constructor_parameters()
+        if not hasattr(self, "means_"):
+            X = self._fit(X, sample_weight)
+        else:
+            X = self._validated(X, reset=False)
+        dtype = self._dtype()
+        X = np.asarray(X).astype(dtype, copy=False)
+        with _precision_scope(dtype):
+            state = getattr(self, "_online_state", None)
+            online = _online_em(
+                int(self.n_components),
+                covariance_type=self.covariance_type,
+                reg_covar=float(self.reg_covar),
+            )
+            if state is None:
+                state = online.init(self.params_)
+            params, state = online.update(X, state, sample_weight)
+            result = FitResult(
+                params=params,
+                lower_bound=state.log_likelihood,
+                n_iter=state.count,
+                converged=np.False_,
+                status=np.int32(Status.MAX_ITER),
+                history=state.log_likelihood[None],
+                restart_lower_bounds=state.log_likelihood[None],
+            )
+            self._set_fitted(result, dtype)
+        self.lower_bounds_ = np.asarray([self.lower_bound_])
+        self._online_state = state
+        return self
+
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit the mixture, then return the most probable component of each point.
 
@@ -291,6 +348,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _fit(self, X, sample_weight) -> np.ndarray:
         """Validate, run the compiled fit, set the fitted attributes; returns the (N, D) data."""
         self._check_constructor_parameters()
+        self.__dict__.pop("_online_state", None)  # partial_fit starts afresh after fit
         warm = bool(self.warm_start) and hasattr(self, "converged_")
         X = self._validated(X, reset=True)
         n_samples = X.shape[0]

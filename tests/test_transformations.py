@@ -50,6 +50,13 @@ FUNCTIONS = {
     "aic": Function(lambda p, x: jaxgmm.aic(p, x)),
     # Reparametrised draws: means[label] + scaled noise, differentiable in the means.
     "sample": Function(lambda p, x: jaxgmm.sample(p, 5, key=0)[0], grad_x=False),
+    # Every unconstrained coordinate, flattened into one vector.
+    "to_unconstrained": Function(
+        lambda p, x: jnp.concatenate(
+            [jnp.ravel(a) for a in jax.tree_util.tree_leaves(jaxgmm.to_unconstrained(p))]
+        ),
+        grad_x=False,
+    ),
 }
 
 

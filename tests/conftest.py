@@ -25,3 +25,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not available")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every compiled CPU program maps a few hundred memory regions; a test worker that
+    keeps all the programs of the whole suite can reach the kernel's limit on mapped
+    regions (``vm.max_map_count``), and XLA then crashes while compiling.
+    """
+    yield
+    jax.clear_caches()
+

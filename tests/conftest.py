@@ -37,4 +37,3 @@ def _release_compiled_programs():
     """
     yield
     jax.clear_caches()
-

@@ -47,6 +47,9 @@ def fits_in_one_block(
         n_rows: padded rows per data set; n_components: padded K; n_features: D;
         n_fits: restarts times data sets; max_iter: the fit's ``max_iter``.
     """
+    n_rows, n_components, n_features, n_fits, max_iter = (
+        int(v) for v in (n_rows, n_components, n_features, n_fits, max_iter)
+    )  # Python ints: numpy scalar options must not overflow
     work = n_rows * n_components * (n_features**2 + n_features + 1) * n_fits * max(max_iter, 1)
     return work <= SINGLE_PROGRAM_WORK
 

@@ -248,7 +248,9 @@ def test_bad_option(X, option, value, exc, fragment):
 def test_options_accept_numpy_and_jax_scalars(X, monkeypatch):
     """np.int64 / np.float32 / 0-d arrays are fine; validation passes them on."""
     calls = []
-    monkeypatch.setattr(jaxgmm._fit, "fit_start", lambda *a, **k: calls.append(k) or 1 / 0)
+    engine = lambda *a, **k: calls.append(k) or 1 / 0  # noqa: E731
+    monkeypatch.setattr(jaxgmm._fit, "fit_start", engine)
+    monkeypatch.setattr(jaxgmm._fit, "fit_compiled", engine)  # small fits: one program
     with pytest.raises(ZeroDivisionError):
         jaxgmm.fit(
             X,

@@ -13,6 +13,7 @@ if __package__ in (None, ""):
 
 from benchmarks import (
     bench_bign,
+    bench_blocks,
     bench_compile,
     bench_compile_loop,
     bench_em,
@@ -36,6 +37,7 @@ SCRIPTS = {
     "realdata": bench_realdata,
     "sharded": bench_sharded,
     "online": bench_online,
+    "blocks": bench_blocks,
 }
 
 

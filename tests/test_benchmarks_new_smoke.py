@@ -62,3 +62,11 @@ def test_bench_realdata_quick_writes_table(tmp_path, monkeypatch):
     assert "geometric-mean speed-up ≥ 3×" in text
     assert "Geometric-mean speed-up:" in text
     assert (tmp_path / "bench_realdata.json").exists()
+
+
+def test_bench_blocks_quick_writes_table(tmp_path, monkeypatch):
+    bench = _import_benchmark("bench_blocks", monkeypatch)
+    text = bench.main(["--quick", "--out", str(tmp_path)]).read_text()
+    assert "| workload | fit | blocks ms | one program ms | overhead |" in text
+    assert "| W1 | full, N=2,000, D=16, K=16, 40 iterations (tol=0) |" in text
+    assert (tmp_path / "bench_blocks.json").exists()

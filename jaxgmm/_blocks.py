@@ -43,8 +43,10 @@ from jaxgmm._solver import EM
 
 
 class Data(NamedTuple):
-    """The rows of one fit as stored, x (N, D), weight (N,), index (N,), and their
-    centre (D,): the blocks read them centred (:meth:`jaxgmm._rows.Rows.centred`)."""
+    """The rows of one of ``fit_many``'s data sets as stored, x (N, D), weight (N,),
+    index (N,), and their centre (D,): the blocks read them centred
+    (:meth:`jaxgmm._rows.Rows.centred`). A single fit keeps only the centre: its
+    blocks take the caller's rows as arguments, so no second (N, D) copy is made."""
 
     x: jax.Array
     weight: jax.Array
@@ -96,8 +98,8 @@ def _start_rows(
     n_init,
     init,
     chunk_size,
-) -> tuple[Data, Restarts]:
-    """Centre the rows and initialise every restart; -> (data, restarts)."""
+) -> tuple[jax.Array, Restarts]:
+    """Centre the rows and initialise every restart; -> (center (D,), restarts)."""
     rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer)
     solver, initial = restart_setup(
         rows,
@@ -121,8 +123,7 @@ def _start_rows(
             chunk_size, rows.n_features, n_components, covariance_type
         )
         others = map_groups(one_start, to_groups(keys[1:], member_elements))
-    x, weight, index = rows.flat()
-    return Data(x, weight, index, center), Restarts(one_start(keys[0]), others)
+    return center, Restarts(one_start(keys[0]), others)
 
 
 def _advance_rows(
@@ -191,7 +192,7 @@ def fit_start(
     chunk_size: int,
     sharding=None,
     matmul_precision: str = "highest",
-) -> tuple[Data, Restarts]:
+) -> tuple[jax.Array, Restarts]:
     """Centre the data and initialise every restart (the first part of ``fit_compiled``).
 
     Args:
@@ -201,8 +202,9 @@ def fit_start(
             sharding, matmul_precision: its static options.
 
     Returns:
-        :class:`Data` (the (N, D) rows and their centre, split as X is) and :class:`Restarts`
-        (every restart's loop state before its first iteration).
+        The rows' weighted centre (D,) and :class:`Restarts` (every restart's loop
+        state before its first iteration). The rows themselves are not returned (that
+        would copy them): :func:`fit_advance` takes them again.
     """
     options = dict(
         key=key,
@@ -220,12 +222,11 @@ def fit_start(
         if sharding is None:
             return _start_rows(X, sample_weight, row_index, reducer=IN_MEMORY, **options)
         rows_spec = PartitionSpec(sharding.axis)
-        data_spec = Data(rows_spec, rows_spec, rows_spec, PartitionSpec())
         return jax.shard_map(
             partial(_start_rows, reducer=Sharded(axis_name=sharding.axis), **options),
             mesh=sharding.mesh,
             in_specs=(rows_spec, rows_spec, rows_spec),
-            out_specs=(data_spec, PartitionSpec()),
+            out_specs=(PartitionSpec(), PartitionSpec()),
             # The restarts are made equal on all devices by the reducer's all-reduces.
             check_vma=False,
         )(X, sample_weight, row_index)
@@ -233,7 +234,10 @@ def fit_start(
 
 @partial(jax.jit, static_argnames=_BLOCK_STATIC)
 def fit_advance(
-    data: Data,
+    X: jax.Array,
+    sample_weight: jax.Array,
+    row_index: jax.Array,
+    center: jax.Array,
     restarts: Restarts,
     tol: jax.Array,
     reg_covar: jax.Array,
@@ -253,7 +257,9 @@ def fit_advance(
     """Run every unfinished restart for at most ``budget`` more EM iterations.
 
     Args:
-        data, restarts: from :func:`fit_start` or the previous ``fit_advance``.
+        X, sample_weight, row_index: the rows given to :func:`fit_start`.
+        center, restarts: from :func:`fit_start`; restarts from the previous
+            ``fit_advance`` after the first block.
         tol, reg_covar, max_iter, n_active: as in :func:`jaxgmm._driver.fit_compiled`.
         budget: () int32, the most iterations any restart runs in this call (traced).
         n_components, ..., matmul_precision: :func:`fit_start`'s static options.
@@ -274,6 +280,7 @@ def fit_advance(
         n_init=n_init,
         chunk_size=chunk_size,
     )
+    data = Data(X, sample_weight, row_index, center)
     with jax.default_matmul_precision(matmul_precision):
         if sharding is None:
             return _advance_rows(data, restarts, reducer=IN_MEMORY, **options)
@@ -308,7 +315,7 @@ def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
         x, w, key, *means = member
         weights_init, means_init, precisions_init = shared["inits"]
         inits = (weights_init, means[0] if means else means_init, precisions_init)
-        return _start_rows(
+        center, restarts = _start_rows(
             x,
             w,
             row_index,
@@ -319,6 +326,7 @@ def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
             reducer=reducer,
             **statics,
         )
+        return Data(x, w, row_index, center), restarts
 
     members = (X, sample_weight, keys, *own_means)
     return _unzip(map_groups(start_one, to_groups(members, _model_elements(static, X.shape[2]))))

@@ -361,11 +361,13 @@ def _fit_in_blocks(
         return fit_start(X, sample_weight, row_index, key, reg_covar, n_active, *inits, **static)
 
     def advance(state, budget):
-        data, restarts = state
+        center, restarts = state
         restarts, result, summary = fit_advance(
-            data, restarts, tol, reg_covar, max_iter_, n_active, budget, **static
+            *(X, sample_weight, row_index, center, restarts),
+            *(tol, reg_covar, max_iter_, n_active, budget),
+            **static,
         )
-        return (data, restarts), result, summary
+        return (center, restarts), result, summary
 
     program = ("fit", X.shape, str(X.dtype), tuple(static.items()))
     return run_blocks(

@@ -1,8 +1,10 @@
 """The short host loop that drives a fit's compiled blocks of EM iterations.
 
-Python regains control after every block (:mod:`jaxgmm._blocks`), so a
-KeyboardInterrupt (Ctrl-C, a notebook's interrupt button) surfaces at the end of
-the block that is running, and the progress bar moves. Blocks are sized from the
+Python regains control after every block (:mod:`jaxgmm._blocks`), and the progress
+bar moves. Blocks run asynchronously while the host waits for them in short sleeps,
+so a KeyboardInterrupt (Ctrl-C, a notebook's interrupt button) surfaces at once, even
+during a long initialisation (k-means) or block; the abandoned computation finishes
+in the background and its result is dropped. Blocks are sized from the
 measured time per iteration so that one takes about :data:`TARGET_SECONDS`: the
 first block of a new program is a few iterations (its time includes compiling),
 the next ones are scaled to the target. A program's time per iteration is
@@ -31,6 +33,9 @@ FIRST_BLOCK = 4
 # cannot come from each process's clock: they double up to this many iterations.
 DISTRIBUTED_BLOCK = 64
 _MAX_REMEMBERED = 256
+# Longest sleep between two checks of whether a block has finished: the delay a
+# block's end can go unnoticed (well under 1 % of a TARGET_SECONDS block).
+_MAX_POLL_SECONDS = 1e-3
 # Fits smaller than this many multiply-adds (rows x components x (D^2 + D + 1) x
 # restarts x max_iter) run as one program: under 0.2 s even at 1 GFLOP/s, so an
 # interrupt still surfaces well within a second, and small fits (many data sets in a
@@ -101,8 +106,9 @@ def run_blocks(
         slowest = 0.0
         while True:
             began = time.perf_counter()
-            state, result, summary = advance(state, jnp.asarray(budget, jnp.int32))
-            still_running, last_n_iter, lower_bound = jax.device_get(summary)
+            next_state, next_result, summary = advance(state, jnp.asarray(budget, jnp.int32))
+            still_running, last_n_iter, lower_bound = fetch_when_ready(summary)
+            state, result = next_state, next_result
             seconds = time.perf_counter() - began
             ran, n_iter = int(last_n_iter) - n_iter, int(last_n_iter)
             if bar is not None:
@@ -120,12 +126,33 @@ def run_blocks(
         interrupt.n_iter = n_iter
         if on_interrupt == "raise" or state is None:
             raise
-        if result is None:  # interrupted before the first block: the initial parameters
-            _, result, _ = advance(state, jnp.asarray(0, jnp.int32))
+        if result is None:  # interrupted before the first block ended
+            if not _is_ready(state):  # still initialising: nothing to return
+                raise
+            _, result, _ = advance(state, jnp.asarray(0, jnp.int32))  # the initial parameters
         return jax.block_until_ready(result)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+
+
+def _is_ready(tree) -> bool:
+    """Whether every array of ``tree`` has been computed."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return all(leaf.is_ready() for leaf in leaves if isinstance(leaf, jax.Array))
+
+
+def fetch_when_ready(tree):
+    """``jax.device_get(tree)``, waiting for it in short sleeps.
+
+    A blocking get would hold a KeyboardInterrupt until the computation ends; a sleep
+    is interrupted at once.
+    """
+    pause = 1e-4
+    while not _is_ready(tree):
+        time.sleep(pause)
+        pause = min(2 * pause, _MAX_POLL_SECONDS)
+    return jax.device_get(tree)
 
 
 def _first_budget(program: Hashable, max_iter: int) -> int:

@@ -414,3 +414,58 @@ def test_atomic_writes_leave_nothing_behind_on_error(tmp_path):
     cli._write_atomically(target, lambda tmp: Path(tmp).write_text("whole"))
     assert target.read_text() == "whole"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+_SLOW_START_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    import jax, jax.numpy as jnp, numpy as np
+    import jaxgmm, jaxgmm._fit, jaxgmm._host_loop
+
+    jaxgmm._host_loop.SINGLE_PROGRAM_WORK = 0
+    real_start = jaxgmm._fit.fit_start
+
+    @jax.jit
+    def busy(state, n_steps):
+        # A stand-in for a long initialisation: the state is ready only after the loop.
+        a = jax.lax.fori_loop(
+            0, n_steps, lambda i, a: jnp.tanh(a @ a), jnp.full((256, 256), 1e-3, jnp.float32)
+        )
+        zero = 0 * a[0, 0]  # never folded away (0 * NaN is NaN)
+        touch = lambda x: x + zero.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        return jax.tree_util.tree_map(touch, state)
+
+    n_steps = [0]
+    jaxgmm._fit.fit_start = lambda *a, **k: busy(real_start(*a, **k), n_steps[0])
+    X = np.random.default_rng(0).normal(size=(500, 2))
+    jaxgmm.fit(X, 2, max_iter=2, tol=0.0)  # compiles every program
+    n_steps[0] = 100_000  # seconds of work, even on a fast machine
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    began = time.perf_counter()
+    try:
+        jaxgmm.fit(X, 2, max_iter=2, tol=0.0, on_interrupt=sys.argv[1])
+        print("RETURNED", flush=True)
+    except KeyboardInterrupt:
+        print(f"KEYBOARDINTERRUPT {time.perf_counter() - began - 0.5:.3f}", flush=True)
+    os._exit(0)  # without waiting for the abandoned computation
+    """
+)
+
+
+def test_sigint_during_a_long_initialisation_surfaces_at_once(tmp_path):
+    """The host waits for compiled work in short sleeps: an interrupt during a long
+    initialisation (e.g. k-means on big data) surfaces within the bound. Even with
+    ``on_interrupt="return"`` it raises, as there is nothing to return yet (the
+    default, "raise", takes the same path and stops one check earlier)."""
+    script = tmp_path / "slow_start.py"
+    script.write_text(_SLOW_START_CHILD)
+    done = subprocess.run(
+        [sys.executable, str(script), "return"],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        timeout=CHILD_TIMEOUT_S,
+    )
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("KEYBOARDINTERRUPT"), done.stdout + done.stderr
+    assert float(line.split()[1]) < INTERRUPT_BOUND_S

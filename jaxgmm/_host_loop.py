@@ -1,10 +1,11 @@
 """The short host loop that drives a fit's compiled blocks of EM iterations.
 
 Python regains control after every block (:mod:`jaxgmm._blocks`), and the progress
-bar moves. Blocks run asynchronously while the host waits for them in short sleeps,
-so a KeyboardInterrupt (Ctrl-C, a notebook's interrupt button) surfaces at once, even
-during a long initialisation (k-means) or block; the abandoned computation finishes
-in the background and its result is dropped. Blocks are sized from the
+bar moves. Blocks run asynchronously: the next one is queued before the host waits
+for the running one (so the device does not idle between blocks), and the host waits
+in short sleeps, so a KeyboardInterrupt (Ctrl-C, a notebook's interrupt button)
+surfaces at once, even during a long initialisation (k-means) or block; the abandoned
+computation finishes in the background and its result is dropped. Blocks are sized from the
 measured time per iteration so that one takes about :data:`TARGET_SECONDS`: the
 first block of a new program is a few iterations (its time includes compiling),
 the next ones are scaled to the target. A program's time per iteration is
@@ -104,12 +105,17 @@ def run_blocks(
         # The first block of a program not run before includes compiling it.
         timed = program in _seconds_per_iteration
         slowest = 0.0
+        began = time.perf_counter()
+        block = advance(state, jnp.asarray(budget, jnp.int32))
         while True:
-            began = time.perf_counter()
-            next_state, next_result, summary = advance(state, jnp.asarray(budget, jnp.int32))
-            still_running, last_n_iter, lower_bound = fetch_when_ready(summary)
-            state, result = next_state, next_result
-            seconds = time.perf_counter() - began
+            # The next block is queued before this one is waited for, so the device
+            # never idles while the host wakes up; its budget lags one block behind.
+            # After the last block it runs no iteration and is dropped.
+            queued = advance(block[0], jnp.asarray(budget, jnp.int32))
+            still_running, last_n_iter, lower_bound = fetch_when_ready(block[2])
+            state, result = block[0], block[1]
+            now = time.perf_counter()
+            seconds, began = now - began, now
             ran, n_iter = int(last_n_iter) - n_iter, int(last_n_iter)
             if bar is not None:
                 _fit_progress.report_iteration(n_iter, lower_bound)
@@ -122,6 +128,7 @@ def run_blocks(
                 return result
             timed = True
             budget = _next_budget(budget, per_iteration, max_iter)
+            block = queued
     except KeyboardInterrupt as interrupt:
         interrupt.n_iter = n_iter
         if on_interrupt == "raise" or state is None:

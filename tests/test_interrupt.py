@@ -143,9 +143,9 @@ def test_interrupt_between_blocks_returns_or_raises():
 
     def advance(state, budget):
         calls.append(int(budget))
-        if len(calls) == 3:
+        if len(calls) == 4:  # blocks 1 and 2 have finished, block 3 is running
             raise KeyboardInterrupt
-        assert len(calls) < 3
+        assert len(calls) < 4
         summary = Summary(jnp.asarray(True), jnp.asarray(2 * len(calls)), jnp.asarray(-1.0))
         return state + 1, jnp.asarray(state + 1), summary
 
@@ -161,7 +161,8 @@ def test_interrupt_between_blocks_returns_or_raises():
 def test_interrupt_after_two_blocks_returns_their_iterations_and_the_estimator_raises(
     monkeypatch,
 ):
-    """A KeyboardInterrupt in the third block: "return" gives iteration 2 exactly."""
+    """A KeyboardInterrupt while the third block runs (raised as the fourth is queued):
+    "return" gives iteration 2 exactly."""
     from jaxgmm import GaussianMixture
 
     real_advance = jaxgmm._fit.fit_advance
@@ -169,7 +170,7 @@ def test_interrupt_after_two_blocks_returns_their_iterations_and_the_estimator_r
 
     def advance(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 4:
             raise KeyboardInterrupt
         return real_advance(*args, **kwargs)
 

@@ -44,12 +44,15 @@ from jaxgmm._solver import EM
 
 class Data(NamedTuple):
     """The rows of one fit as stored, x (N, D), weight (N,), index (N,), and their
-    centre (D,): the blocks read them centred (:meth:`jaxgmm._rows.Rows.centred`)."""
+    centre (D,): the blocks read them centred (:meth:`jaxgmm._rows.Rows.centred`);
+    mask (N, D) and noise ((N, D) or (N, D, D)) for incomplete data, else None."""
 
     x: jax.Array
     weight: jax.Array
     index: jax.Array
     center: jax.Array
+    mask: jax.Array | None = None
+    noise: jax.Array | None = None
 
 
 class Restarts(NamedTuple):
@@ -96,9 +99,11 @@ def _start_rows(
     n_init,
     init,
     chunk_size,
+    mask=None,
+    noise=None,
 ) -> tuple[Data, Restarts]:
     """Centre the rows and initialise every restart; -> (data, restarts)."""
-    rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer)
+    rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer, mask, noise)
     solver, initial = restart_setup(
         rows,
         center,
@@ -122,7 +127,8 @@ def _start_rows(
         )
         others = map_groups(one_start, to_groups(keys[1:], member_elements))
     x, weight, index = rows.flat()
-    return Data(x, weight, index, center), Restarts(one_start(keys[0]), others)
+    data = Data(x, weight, index, center, mask, noise)
+    return data, Restarts(one_start(keys[0]), others)
 
 
 def _advance_rows(
@@ -140,7 +146,9 @@ def _advance_rows(
     chunk_size,
 ) -> tuple[Restarts, FitResult, Summary]:
     """At most ``budget`` more iterations of every restart; the best restart so far."""
-    rows = split_rows(data.x, data.weight, data.index, chunk_size).centred(data.center)
+    rows = split_rows(data.x, data.weight, data.index, chunk_size, data.mask, data.noise).centred(
+        data.center
+    )
     active = jnp.arange(n_components, dtype=n_active.dtype) < n_active
     solver = EM(reg_covar=reg_covar, active=active, reducer=reducer)
 
@@ -182,6 +190,8 @@ def fit_start(
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
+    mask: jax.Array | None = None,
+    noise: jax.Array | None = None,
     *,
     n_components: int,
     covariance_type: str,
@@ -196,7 +206,8 @@ def fit_start(
 
     Args:
         X, sample_weight, row_index, key, reg_covar, n_active, weights_init,
-            means_init, precisions_init: as in :func:`jaxgmm._driver.fit_compiled`.
+            means_init, precisions_init, mask, noise: as in
+            :func:`jaxgmm._driver.fit_compiled`.
         n_components, covariance_type, history_length, n_init, init, chunk_size,
             sharding, matmul_precision: its static options.
 
@@ -218,7 +229,9 @@ def fit_start(
     )
     with jax.default_matmul_precision(matmul_precision):
         if sharding is None:
-            return _start_rows(X, sample_weight, row_index, reducer=IN_MEMORY, **options)
+            return _start_rows(
+                X, sample_weight, row_index, reducer=IN_MEMORY, mask=mask, noise=noise, **options
+            )
         rows_spec = PartitionSpec(sharding.axis)
         data_spec = Data(rows_spec, rows_spec, rows_spec, PartitionSpec())
         return jax.shard_map(

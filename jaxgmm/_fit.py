@@ -24,15 +24,19 @@ from jaxgmm._params import FitResult, Status, first_components
 from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
 from jaxgmm._validation import (
     centre_and_cast,
+    check_concrete_for_nan_policy,
     check_data_array,
     check_datasets,
     check_initial_params,
     check_key,
     check_n_samples,
+    check_noise_covariances,
     check_sample_weight,
     compute_dtype,
     is_traced,
     mark_checked,
+    missing_mask,
+    omit_nan_rows,
 )
 
 ILL_DEFINED_MESSAGE = Status.NON_FINITE.message
@@ -58,12 +62,44 @@ def _ill_defined_message(reg_covar, covariance_type: str, n_components: int) -> 
 
 
 def _max_chunk(
-    chunk_size: int | None, n_components: int, n_features: int, covariance_type: str
+    chunk_size: int | None,
+    n_components: int,
+    n_features: int,
+    covariance_type: str,
+    incomplete: bool = False,
 ) -> int:
     """The user's chunk size, or the default one (~2 MiB intermediates) for K and D."""
     if chunk_size is not None:
         return chunk_size
-    return chunk_size_for(2**62, n_components, n_features, covariance_type)
+    return chunk_size_for(2**62, n_components, n_features, covariance_type, incomplete)
+
+
+def _incomplete_data(X, sample_weight, nan_policy: str, noise, covariance_type: str, dtype):
+    """Apply ``nan_policy`` and check the noise: -> (X, sample_weight, mask, noise).
+
+    ``"omit"`` drops rows with NaN (and their weights and noise); ``"marginalize"``
+    fills missing entries with their column's mean and returns the observed-entry mask
+    (None when nothing is missing); rows with no observed entry get weight zero.
+    """
+    n_samples, n_features = X.shape
+    if noise is not None:
+        noise = check_noise_covariances(noise, n_samples, n_features, covariance_type, dtype)
+    if nan_policy == "omit":
+        X, sample_weight, noise = omit_nan_rows(X, "X", sample_weight, noise)
+        return X, sample_weight, None, noise
+    if nan_policy == "marginalize":
+        weight = np.ones(n_samples) if sample_weight is None else np.asarray(sample_weight)
+        X, mask, weight = missing_mask(X, weight)
+        if mask is not None:
+            return X, weight, mask, noise
+    return X, sample_weight, None, noise
+
+
+def _pad_like_rows(a, n_rows: int):
+    """Pad a per-row array (N, ...) to ``n_rows`` with copies of its first row (or None)."""
+    if a is None or a.shape[0] == n_rows:
+        return a
+    return np.concatenate([a, np.broadcast_to(a[:1], (n_rows - a.shape[0],) + a.shape[1:])])
 
 
 def _static_options(
@@ -145,6 +181,8 @@ def fit(
     progress: bool = False,
     matmul_precision: str = DEFAULTS.matmul_precision,
     on_interrupt: str = DEFAULTS.on_interrupt,
+    nan_policy: str = DEFAULTS.nan_policy,
+    noise_covariances=None,
 ) -> FitResult:
     """Fit a Gaussian mixture to data by expectation-maximisation.
 
@@ -201,6 +239,18 @@ def fit(
             Status.INTERRUPTED`` (a restart that had finished is always chosen over an
             interrupted one, and then gives its own status). An interrupt during
             compilation or initialisation is always raised.
+        nan_policy: what NaN entries of X mean. ``"raise"`` (default): an error;
+            ``"omit"``: rows with any NaN are dropped (a warning gives the count);
+            ``"marginalize"``: NaN entries are missing values and EM runs exactly on
+            the observed entries of every row (the lower bound is the observed-data
+            log-likelihood per row; rows with no observed entry count for nothing;
+            a column with no observed entry is an error). Initialisation then runs
+            k-means on the observed coordinates only.
+        noise_covariances: None, or each row's known measurement-noise covariance,
+            (N, D) diagonal or (N, D, D) full ("extreme deconvolution"): the fitted
+            mixture is that of the noise-free points, each row being one draw plus
+            its noise. Needs ``covariance_type="full"`` (or ``"diag"`` with diagonal
+            noise); combines with ``nan_policy="marginalize"``.
 
     Returns:
         A :class:`FitResult` with ``params``, ``lower_bound``, ``n_iter``,
@@ -227,9 +277,25 @@ def fit(
         chunk_size,
         matmul_precision,
         on_interrupt,
+        nan_policy,
     ).check(n_components)
     check_key(key)
-    X = check_data_array(X)
+    check_concrete_for_nan_policy((X, sample_weight), nan_policy, noise_covariances)
+    X = check_data_array(X, allow_nan=nan_policy != "raise")
+    mask = noise = None
+    if nan_policy != "raise" or noise_covariances is not None:
+        if leading_axis_sharding(X) is not None:
+            raise ValueError(
+                "nan_policy='omit'/'marginalize' and noise_covariances are not supported "
+                "for row-sharded X yet; fit a host (numpy) array instead."
+            )
+        X = np.asarray(X)
+        dtype = compute_dtype(X.dtype)
+        if sample_weight is not None:
+            sample_weight = check_sample_weight(sample_weight, X.shape[0], dtype, 1)
+        X, sample_weight, mask, noise = _incomplete_data(
+            X, sample_weight, nan_policy, noise_covariances, covariance_type, dtype
+        )
     n_samples, n_features = X.shape
     check_n_samples(n_samples, n_components)
     dtype = compute_dtype(X.dtype)
@@ -248,7 +314,8 @@ def fit(
     )
     # Shape buckets (jaxgmm._buckets): padding rows and components, so that nearby
     # sizes share one compiled program. Traced input keeps its own shapes.
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
+    incomplete = mask is not None or noise is not None
+    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, incomplete)
     n_padded = n_components
     traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
@@ -269,6 +336,7 @@ def fit(
         X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
         row_index = np.arange(n_rows, dtype=np.int32)
+        mask, noise = _pad_like_rows(mask, n_rows), _pad_like_rows(noise, n_rows)
     static = _static_options(
         n_padded, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
@@ -283,6 +351,8 @@ def fit(
         jnp.asarray(max_iter, jnp.int32),
         jnp.asarray(n_components, jnp.int32),
         *inits,
+        mask,
+        noise,
     )
     description = f"EM fit, K={n_components}" if progress else None
     small = fits_in_one_block(X.shape[0], n_padded, n_features, n_init, max_iter)

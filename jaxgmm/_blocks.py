@@ -304,14 +304,19 @@ def fit_advance(
 # ---------------------------------------------------------------------- many data sets
 
 
-def _model_elements(static: dict, n_features: int) -> int:
+def _model_elements(static: dict, n_features: int, incomplete: bool = False) -> int:
     """Values one model's restarts hold per chunk (for vmapped groups of models)."""
-    per_row = elements_per_row(static["n_components"], n_features, static["covariance_type"])
+    per_row = elements_per_row(
+        static["n_components"], n_features, static["covariance_type"], incomplete
+    )
     return static["n_init"] * static["chunk_size"] * per_row
 
 
-def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
-    """:func:`fit_many_start` on the models this program holds (all, or one shard's)."""
+def _start_models(X, sample_weight, keys, *own, static: dict, masked=False, **shared):
+    """:func:`fit_many_start` on the models this program holds (all, or one shard's).
+
+    ``own``: each model's (K, D) initial means, then its (N, D) mask (if ``masked``).
+    """
     row_index = jnp.arange(X.shape[1], dtype=jnp.int32)
     reducer = IN_MEMORY
     statics = {name: static[name] for name in _BLOCK_STATIC if name != "sharding"}
@@ -319,6 +324,7 @@ def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
 
     def start_one(member):
         x, w, key, *means = member
+        mask = means.pop() if masked else None
         weights_init, means_init, precisions_init = shared["inits"]
         inits = (weights_init, means[0] if means else means_init, precisions_init)
         return _start_rows(
@@ -330,11 +336,13 @@ def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
             n_active=shared["n_active"],
             inits=inits,
             reducer=reducer,
+            mask=mask,
             **statics,
         )
 
-    members = (X, sample_weight, keys, *own_means)
-    return _unzip(map_groups(start_one, to_groups(members, _model_elements(static, X.shape[2]))))
+    members = (X, sample_weight, keys, *own)
+    elements = _model_elements(static, X.shape[2], masked)
+    return _unzip(map_groups(start_one, to_groups(members, elements)))
 
 
 def _unzip(batch):
@@ -397,13 +405,15 @@ def fit_many_start(
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
+    mask: jax.Array | None = None,
     **static,
 ):
     """:func:`fit_start` for each of B data sets, in the groups ``fit_many_compiled`` uses.
 
     Args:
         X: (B, N, D); sample_weight: (B, N); keys: (B,) PRNG keys; the others as in
-            :func:`jaxgmm._driver.fit_many_compiled` (``means_init`` may be (B, K, D)).
+            :func:`jaxgmm._driver.fit_many_compiled` (``means_init`` may be (B, K, D);
+            ``mask``: None or (B, N, D) observed-entry masks).
         **static: :func:`fit_start`'s static options (``sharding``: how the models
             axis is split over devices, or None).
 
@@ -417,8 +427,10 @@ def fit_many_start(
         n_active=n_active,
         inits=(weights_init, None if batched_means else means_init, precisions_init),
         static=static,
+        masked=mask is not None,
     )
     members = (X, sample_weight, keys) + ((means_init,) if batched_means else ())
+    members = members + ((mask,) if mask is not None else ())
     with jax.default_matmul_precision(static["matmul_precision"]):
         if sharding is None:
             return _start_models(*members, **shared)

@@ -289,6 +289,7 @@ def fit_many_compiled(
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
+    mask: jax.Array | None = None,
     **static_options,
 ) -> FitResult:
     """:func:`fit_compiled` for each of B data sets, vmapped in cache-sized groups.
@@ -299,6 +300,7 @@ def fit_many_compiled(
             precisions_init: shared by every
             model, as in :func:`fit_compiled`; ``means_init`` may also be (B, K, D),
             one per data set.
+        mask: None, or (B, N, D) bool observed-entry masks (missing values).
         **static_options: :func:`fit_compiled`'s static options.
 
     Returns:
@@ -316,8 +318,10 @@ def fit_many_compiled(
         means_init=None if batched_means else means_init,
         precisions_init=precisions_init,
         static_options=static_options,
+        masked=mask is not None,
     )
     members = (X, sample_weight, keys) + ((means_init,) if batched_means else ())
+    members = members + ((mask,) if mask is not None else ())
     if sharding is None:
         return _fit_models(*members, **shared)
     spec = PartitionSpec(sharding.axis)
@@ -330,17 +334,24 @@ def fit_many_compiled(
     )(*members)
 
 
-def _fit_models(X, sample_weight, keys, *own_means, static_options, **shared) -> FitResult:
-    """:func:`fit_many_compiled` on the models this program holds (all, or one shard's)."""
+def _fit_models(X, sample_weight, keys, *own, static_options, masked=False, **shared) -> FitResult:
+    """:func:`fit_many_compiled` on the models this program holds (all, or one shard's).
+
+    ``own``: each model's (K, D) initial means, then its (N, D) mask (if ``masked``).
+    """
     row_index = jnp.arange(X.shape[1], dtype=jnp.int32)
 
     def fit_one(member):
-        x, w, key, *means = member
-        options = dict(shared, means_init=means[0]) if means else shared
-        return fit_compiled(x, w, row_index, key, **options, **static_options)
+        x, w, key, *rest = member
+        mask = rest.pop() if masked else None
+        options = dict(shared, means_init=rest[0]) if rest else shared
+        return fit_compiled(x, w, row_index, key, **options, mask=mask, **static_options)
 
     per_row = elements_per_row(
-        static_options["n_components"], X.shape[2], static_options["covariance_type"]
+        static_options["n_components"],
+        X.shape[2],
+        static_options["covariance_type"],
+        incomplete=masked,
     )
     member_elements = static_options["n_init"] * static_options["chunk_size"] * per_row
-    return map_in_groups(fit_one, (X, sample_weight, keys, *own_means), member_elements)
+    return map_in_groups(fit_one, (X, sample_weight, keys, *own), member_elements)

@@ -519,6 +519,7 @@ def fit_many(
     chunk_size: int | None = DEFAULTS.chunk_size,
     matmul_precision: str = DEFAULTS.matmul_precision,
     on_interrupt: str = DEFAULTS.on_interrupt,
+    nan_policy: str = DEFAULTS.nan_policy,
 ) -> FitResult:
     """Fit one independent mixture per data set, all in one compiled program.
 
@@ -534,9 +535,10 @@ def fit_many(
         key: an int seed or a JAX PRNG key.
         progress: show one progress bar of EM iterations for the whole batch.
         covariance_type, tol, reg_covar, max_iter, n_init, init, weights_init,
-            means_init, precisions_init, chunk_size, matmul_precision: as in
-            :func:`fit`, the same for
-            every model (initial parameters: (K,), (K, D), covariance-shaped).
+            means_init, precisions_init, chunk_size, matmul_precision, nan_policy:
+            as in :func:`fit`, the same for every model (initial parameters: (K,),
+            (K, D), covariance-shaped). ``"omit"`` drops each data set's rows with
+            NaN; ``"marginalize"`` fits each data set's observed entries exactly.
 
     Returns:
         A :class:`FitResult` whose every leaf has a leading (B,) axis. Models whose
@@ -558,6 +560,7 @@ def fit_many(
         chunk_size,
         matmul_precision,
         on_interrupt,
+        nan_policy,
     ).check(n_components)
     check_key(key)
     if any(is_traced(a) for a in jax.tree_util.tree_leaves((datasets, sample_weight))):
@@ -569,6 +572,11 @@ def fit_many(
     models_sharding = None
     if isinstance(datasets, jax.Array) and datasets.ndim == 3:
         models_sharding = leading_axis_sharding(datasets, "datasets")
+    if models_sharding is not None and nan_policy != "raise":
+        raise ValueError(
+            f"nan_policy={nan_policy!r} is not supported for data sets sharded over devices "
+            "yet; pass host (numpy) data sets instead."
+        )
     if models_sharding is not None:
         return _fit_sharded_models(
             datasets,
@@ -588,7 +596,12 @@ def fit_many(
             matmul_precision=matmul_precision,
             on_interrupt=on_interrupt,
         )
+    if nan_policy == "omit":
+        datasets, sample_weight = _omit_in_datasets(datasets, sample_weight)
     X, W = stack_datasets(datasets, sample_weight)
+    mask = None
+    if nan_policy == "marginalize":
+        X, W, mask = _datasets_missing_mask(X, W)
     n_models, n_samples, n_features = X.shape
     check_n_samples(n_samples, n_components)
     dtype = compute_dtype(X.dtype)
@@ -612,12 +625,15 @@ def fit_many(
         if means_init is not None:  # per data set now: (B, K, D)
             user_means = np.asarray(user_means_init, np.float64)[None]
             means_init = jnp.asarray((user_means - offsets[:, None, :]).astype(dtype))
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
+    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, mask is not None)
     n_rows, chunk = row_layout(n_samples, max_chunk)
     if n_rows > n_samples:  # zero-weight copies of each data set's first row
         pad = n_rows - n_samples
         X = np.concatenate([X, np.broadcast_to(X[:, :1], (n_models, pad, n_features))], axis=1)
         W = np.concatenate([W, np.zeros((n_models, pad), W.dtype)], axis=1)
+        if mask is not None:
+            first = np.broadcast_to(mask[:, :1], (n_models, pad, n_features))
+            mask = np.concatenate([mask, first], axis=1)
     static = _static_options(
         n_components, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
@@ -633,6 +649,7 @@ def fit_many(
         weights_init,
         means_init,
         precisions_init,
+        None if mask is None else jnp.asarray(mask),
     )
     description = f"EM fit of {n_models} models, K={n_components}" if progress else None
     result = _fit_many_programs(args, static, max_iter, description, on_interrupt)
@@ -642,6 +659,41 @@ def fit_many(
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(dtype)))
         result = dataclasses.replace(result, params=params)
     return result
+
+
+def _omit_in_datasets(datasets, sample_weight):
+    """``nan_policy="omit"`` for fit_many: drop each data set's rows with NaN (warns)."""
+    if isinstance(datasets, (np.ndarray, jax.Array)) and np.ndim(datasets) == 3:
+        datasets = list(np.asarray(datasets))
+    if not isinstance(datasets, Sequence) or isinstance(datasets, (str, bytes)):
+        return datasets, sample_weight  # stack_datasets raises the plain message
+    arrays = [np.asarray(d) for d in datasets]
+    weights = [None] * len(arrays) if sample_weight is None else list(sample_weight)
+    kept_x, kept_w = [], []
+    for b, (a, w) in enumerate(zip(arrays, weights, strict=False)):
+        if a.ndim == 2:
+            a, w = omit_nan_rows(a, f"data set {b}", w)
+        kept_x.append(a)
+        kept_w.append(np.ones(len(a)) if w is None else w)
+    return kept_x, kept_w
+
+
+def _datasets_missing_mask(X: np.ndarray, W: np.ndarray):
+    """``nan_policy="marginalize"`` for stacked (B, N, D) data sets: -> (X, W, mask).
+
+    Per data set, as :func:`jaxgmm._validation.missing_mask` does for one.
+    """
+    if not np.issubdtype(X.dtype, np.inexact) or not np.isnan(X).any():
+        return X, W, None
+    masks = []
+    X, W = X.copy(), W.copy()
+    for b in range(X.shape[0]):
+        try:
+            X[b], mask, W[b] = missing_mask(X[b], W[b])
+        except ValueError as error:
+            raise ValueError(f"data set {b}: {error}") from None
+        masks.append(np.ones(X.shape[1:], bool) if mask is None else mask)
+    return X, W, np.stack(masks)
 
 
 def _fit_many_programs(

@@ -201,6 +201,8 @@ def _evaluate_incomplete_program(params, X, mask, noise, sample_weight, *, outpu
         x, m, s = chunk
         log_prob = incomplete_log_prob(x, m, s, params)
         log_norm = jax.nn.logsumexp(log_prob, axis=1)
+        if m is not None:  # rows with no observed entry: exactly 0 (no information)
+            log_norm = jnp.where(jnp.any(m, axis=1), log_norm, 0.0)
         return _chunk_output(per_point, log_prob - log_norm[:, None], log_norm)
 
     with jax.default_matmul_precision("highest"):

@@ -207,3 +207,33 @@ def conditional_means(x, mask, noise, params: GaussianMixtureParams):
         shifts = jnp.einsum("kde,cke->ckd", covariances, first)
     resp = jax.nn.softmax(log_prob.T, axis=1)
     return resp, params.means[None] + shifts
+
+
+def conditional_distribution(x, mask, params: GaussianMixtureParams):
+    """The mixture of each row's missing entries given its observed ones.
+
+    Args:
+        x: (C, D) rows (any finite value on missing entries); mask: (C, D) bool, True
+            where observed; params: the mixture.
+
+    Returns:
+        resp: (C, K) posterior component probabilities; b: (C, K, D) conditional
+        means (x itself on observed entries); B: conditional covariances, (C, K, D, D)
+        for matrix covariances or (C, K, D) variances (zero on observed entries).
+    """
+    model = covariance_model(params.covariance_type)
+    log_weights = jnp.log(params.weights)
+    if model.row_sized:
+        variances = model.variances(params.covariances)
+        log_prob, u, p = variance_chunk(x, mask, None, params.means, variances, log_weights)
+        b = params.means[None] + variances[None] * u
+        B = variances[None] - variances[None] ** 2 * p
+    else:
+        covariances = jnp.broadcast_to(
+            model.matrices(params.covariances),
+            (params.n_components, params.n_features, params.n_features),
+        )
+        log_prob, v, P = matrix_chunk(x, mask, None, params.means, covariances, log_weights)
+        b = params.means[None] + jnp.einsum("kde,cke->ckd", covariances, v)
+        B = covariances[None] - covariances[None] @ P @ covariances[None]
+    return jax.nn.softmax(log_prob.T, axis=1), b, B

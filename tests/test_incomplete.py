@@ -461,3 +461,61 @@ def test_bad_input_messages():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="Every row"):
             jaxgmm.fit(np.full((5, 2), np.nan), 1, nan_policy="omit")
+
+
+# ------------------------------------------------------------------------ imputation
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_impute_mean_is_the_conditional_expectation(covariance_type):
+    rng = np.random.default_rng(13)
+    K, D = 2, 3
+    X = _incomplete_data(rng)
+    X[5] = np.nan  # no observed entry: the mixture's mean
+    weights, means, cov, _ = _initial(covariance_type, K, D, rng)
+    params = _params(weights, means, cov, covariance_type)
+    filled = jaxgmm.impute(params, X)
+    _, resp, b, _ = reference_e_step(
+        X, weights, means, _full_covariances(cov, covariance_type, K, D)
+    )
+    expected = np.where(np.isnan(X), np.einsum("nk,nkd->nd", resp, b), X)
+    np.testing.assert_allclose(filled, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(filled[5], weights @ means, rtol=1e-10)
+
+
+def test_impute_sample_draws_from_the_conditional_gaussian():
+    mean = np.array([1.0, -1.0, 0.5])
+    cov = np.array([[2.0, 0.8, 0.3], [0.8, 1.0, 0.2], [0.3, 0.2, 0.5]])
+    params = _params([1.0], mean[None], cov[None], "full")
+    X = np.tile([[2.0, np.nan, np.nan]], (4000, 1))
+    draws = jaxgmm.impute(params, X, method="sample", key=5)[:, 1:]
+    gain = cov[1:, :1] / cov[0, 0]
+    cond_mean = mean[1:] + gain[:, 0] * (2.0 - mean[0])
+    cond_cov = cov[1:, 1:] - gain @ cov[:1, 1:]
+    np.testing.assert_allclose(draws.mean(axis=0), cond_mean, atol=0.05)
+    np.testing.assert_allclose(np.cov(draws.T), cond_cov, atol=0.05)
+    assert (jaxgmm.impute(params, X[:3], method="sample", key=5)[:, 0] == 2.0).all()
+    with pytest.raises(ValueError, match="method must be one of"):
+        jaxgmm.impute(params, X, method="median")
+
+
+def test_imputer_in_a_pipeline_with_feature_names():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(15)
+    X = _incomplete_data(rng, N=40)
+    imputer = jaxgmm.GaussianMixtureImputer(2, random_state=0, init_params="random_from_data")
+    pipe = make_pipeline(imputer, StandardScaler()).fit(X)
+    out = pipe.transform(X)
+    assert out.shape == X.shape and np.isfinite(out).all()
+    mixture = pipe[0].mixture_
+    np.testing.assert_allclose(pipe[0].transform(X), jaxgmm.impute(mixture.params_, X))
+    assert list(imputer.get_feature_names_out()) == ["x0", "x1", "x2"]
+
+
+def test_sample_with_noise_has_covariance_plus_noise():
+    params = _params([1.0], np.zeros((1, 2)), np.eye(2)[None], "full")
+    S = np.array([[0.5, 0.2], [0.2, 0.3]])
+    points, _ = jaxgmm.sample(params, 4000, key=1, noise_covariances=np.tile(S, (4000, 1, 1)))
+    np.testing.assert_allclose(np.cov(np.asarray(points).T), np.eye(2) + S, atol=0.1)

@@ -80,12 +80,18 @@ class Rows:
             self.index.reshape(-1),
         )
 
-    def map_chunks(self, fn: Callable) -> jax.Array:
+    def map_chunks(self, fn: Callable, masked: bool = False) -> jax.Array:
         """``fn(x)`` for every chunk of rows as read, concatenated; (C, D) -> (C, ...)
-        per chunk, (N, ...) in all. Only one chunk is read at a time."""
+        per chunk, (N, ...) in all. Only one chunk is read at a time. With ``masked``,
+        ``fn(x, mask)`` gets the chunk's (C, D) mask too."""
+        if not masked:
+            if self.x.shape[0] == 1:
+                return fn(self.read(self.x[0]))
+            out = jax.lax.map(lambda x: fn(self.read(x)), self.x)
+            return out.reshape((-1,) + out.shape[2:])
         if self.x.shape[0] == 1:
-            return fn(self.read(self.x[0]))
-        out = jax.lax.map(lambda x: fn(self.read(x)), self.x)
+            return fn(self.read(self.x[0]), self.mask[0])
+        out = jax.lax.map(lambda c: fn(self.read(c[0]), c[1]), (self.x, self.mask))
         return out.reshape((-1,) + out.shape[2:])
 
     def chunks(self) -> tuple[jax.Array, ...]:

@@ -519,3 +519,24 @@ def test_sample_with_noise_has_covariance_plus_noise():
     S = np.array([[0.5, 0.2], [0.2, 0.3]])
     points, _ = jaxgmm.sample(params, 4000, key=1, noise_covariances=np.tile(S, (4000, 1, 1)))
     np.testing.assert_allclose(np.cov(np.asarray(points).T), np.eye(2) + S, atol=0.1)
+
+
+def test_masked_kmeans_centers_are_a_fixed_point_of_numpy_masked_lloyd():
+    """Lloyd on observed coordinates: partial distances scaled by D / n_obs, centers
+    averaging each coordinate over the assigned rows that observe it."""
+    from jaxgmm._init import kmeans_centers
+
+    rng = np.random.default_rng(16)
+    X = np.concatenate([rng.normal(-4, 1, (60, 3)), rng.normal(4, 1, (60, 3))])
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 2] = 0.0
+    mask = ~np.isnan(X)
+    x = np.where(mask, X, 0.0)
+    rows = split_rows(jnp.asarray(x), jnp.ones(len(X)), jnp.arange(len(X)), 40, jnp.asarray(mask))
+    centers = np.asarray(jax.jit(kmeans_centers, static_argnums=2)(jax.random.key(0), rows, 2))
+    d = ((x[:, None, :] - centers[None]) ** 2 * mask[:, None, :]).sum(axis=2)
+    labels = np.argmin(d * (3 / mask.sum(axis=1))[:, None], axis=1)
+    onehot = np.eye(2)[labels]
+    update = (onehot.T @ (x * mask)) / (onehot.T @ mask)
+    np.testing.assert_allclose(update, centers, atol=1e-2)
+    assert np.allclose(np.sort(centers[:, 0]), [-4, 4], atol=0.5)

@@ -18,6 +18,7 @@ from benchmarks import (
     bench_em,
     bench_latency,
     bench_many,
+    bench_missing,
     bench_online,
     bench_realdata,
     bench_restarts,
@@ -36,6 +37,7 @@ SCRIPTS = {
     "realdata": bench_realdata,
     "sharded": bench_sharded,
     "online": bench_online,
+    "missing": bench_missing,
 }
 
 

@@ -540,3 +540,17 @@ def test_masked_kmeans_centers_are_a_fixed_point_of_numpy_masked_lloyd():
     update = (onehot.T @ (x * mask)) / (onehot.T @ mask)
     np.testing.assert_allclose(update, centers, atol=1e-2)
     assert np.allclose(np.sort(centers[:, 0]), [-4, 4], atol=0.5)
+
+
+def test_shipped_ratings_file_equals_a_fresh_generation():
+    from jaxgmm import datasets, io
+
+    path = datasets.data_dir()
+    if path is None or not (path / "ratings.csv").exists():
+        pytest.skip("data/ is not available")
+    table = io.read_data(path / "ratings.csv")
+    observed, complete, _ = datasets.ratings()
+    np.testing.assert_array_equal(table.X, observed)
+    assert table.columns == list(datasets.RATINGS_ITEMS)
+    assert ((complete >= 1) & (complete <= 5)).all()
+    assert 0.3 < np.isnan(observed).mean() < 0.4

@@ -317,6 +317,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             The updated estimator.
         """
         self._check_constructor_parameters()
+        if self.nan_policy != "raise":
+            raise ValueError(
+                f"partial_fit (online EM) does not support nan_policy={self.nan_policy!r} "
+                "yet; use fit, or drop the rows with NaN and set nan_policy='raise'."
+            )
         if not hasattr(self, "means_"):
             X = self._fit(X, sample_weight)
         else:

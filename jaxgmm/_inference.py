@@ -133,7 +133,8 @@ def _evaluate(params, X, output: str, sample_weight=None, nan_policy="raise", no
         if output == "score":
             sample_weight = check_sample_weight(sample_weight, X.shape[0], params.means.dtype, 1)
         return evaluate_checked(params, X, output, sample_weight)
-    X = np.asarray(check_data_array(X, n_features=params.n_features, allow_nan=True))
+    allow_nan = nan_policy != "raise"
+    X = np.asarray(check_data_array(X, n_features=params.n_features, allow_nan=allow_nan))
     dtype = params.means.dtype
     n_samples = X.shape[0]
     if output == "score":

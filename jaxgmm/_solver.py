@@ -58,7 +58,18 @@ class EM:
         if rows.incomplete:
             # Missing entries or measurement noise (static: the rows' structure): the
             # exact expected statistics of jaxgmm._incomplete, around the current means.
-            stats = incomplete_e_step(rows, params, reducer)
+            if model.expanded_density and rows.noise is None:
+                # diag/spherical with holes: matrix products unless components sit far
+                # from the centre for their spread (then the elementwise exact pass).
+                stats = cond_any(
+                    needs_exact_e_step(params),
+                    lambda rows, p: incomplete_e_step(rows, p, reducer),
+                    lambda rows, p: incomplete_e_step(rows, p, reducer, expanded=True),
+                    rows,
+                    params,
+                )
+            else:
+                stats = incomplete_e_step(rows, params, reducer)
             new_params = m_step(stats, self.reg_covar, params.covariance_type, self.active)
             return new_params, stats.log_lik_sum / stats.n
         if model.expanded_density:

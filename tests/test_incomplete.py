@@ -554,3 +554,25 @@ def test_shipped_ratings_file_equals_a_fresh_generation():
     assert table.columns == list(datasets.RATINGS_ITEMS)
     assert ((complete >= 1) & (complete <= 5)).all()
     assert 0.3 < np.isnan(observed).mean() < 0.4
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_expanded_and_elementwise_variance_kernels_agree(covariance_type):
+    """The matrix-product form (fast path) and the elementwise form (exact fallback)."""
+    from jaxgmm._incomplete import incomplete_e_step
+
+    rng = np.random.default_rng(17)
+    X = _incomplete_data(rng)
+    mask = ~np.isnan(X)
+    rows = split_rows(
+        jnp.asarray(np.where(mask, X, 0.0)),
+        jnp.ones(len(X)),
+        jnp.arange(len(X)),
+        20,
+        jnp.asarray(mask),
+    )
+    params = _params(*_initial(covariance_type, 3, 3, rng)[:3], covariance_type)
+    exact = incomplete_e_step(rows, params)
+    fast = incomplete_e_step(rows, params, expanded=True)
+    for name in ("n_k", "s_x", "s_xx", "log_lik_sum"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(exact, name), rtol=1e-10)

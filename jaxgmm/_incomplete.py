@@ -17,10 +17,20 @@ Around the current means these sums only need, per component, ``n_k = sum w g``,
 ``s_x = Sigma_k a_k`` and ``s_xx = n_k Sigma_k + Sigma_k G_k Sigma_k``, so no
 (C, K, D, D) array leaves a chunk and the per-component products run once per pass.
 
-``full`` and ``tied``: one batched Cholesky factorisation of T per (row, component)
-over a chunk (static shapes, no gathers); ``diag`` and ``spherical``: T is diagonal
-and everything is elementwise. Rows with no observed entry have ``T = I`` and
-``r = 0``: log-density 0, no information (the callers give them weight zero).
+``full`` and ``tied``: one batched Cholesky factorisation and triangular inverse of
+T per (row, component) over a chunk (static shapes, no gathers). This is the costly
+case: tens of times the complete-data iteration on a CPU, where each tiny
+factorisation is a library call (W6, ``benchmarks/results/bench_missing.md``).
+``diag`` and ``spherical``: T is diagonal; without noise the E-step is three thin
+matrix products each way with the mask as extra features
+(:func:`expanded_variance_partials`, about the complete-data cost), with noise or
+for components far from the data's centre it is elementwise and exact.
+Rows with no observed entry have ``T = I`` and ``r = 0``: log-density 0, no
+information (the callers give them weight zero).
+
+Precision: ``n_k Sigma + Sigma G Sigma`` cancels to about ``eps * cond(Sigma)``
+relative, which float64 makes negligible and float32 keeps below 1e-4 for
+covariances with condition numbers up to a few hundred.
 """
 
 from __future__ import annotations

@@ -634,12 +634,12 @@ def _fit_trial(X: np.ndarray, k: int, options: dict[str, Any], progress: bool | 
     from jaxgmm._progress import progress_enabled
 
     start = time.perf_counter()
-    nan_policy = options["nan_policy"]
+    nan_policy = options.get("nan_policy", "raise")
     if nan_policy == "omit":  # dropped once here (fit would warn on every K)
         X = X[~np.isnan(X).any(axis=1)]
         options = dict(options, nan_policy="raise")
     result = jaxgmm.fit(X, k, progress=progress_enabled(progress), **options)
-    log_lik = float(jaxgmm.score(result.params, X, nan_policy=options["nan_policy"]))
+    log_lik = float(jaxgmm.score(result.params, X, nan_policy=options.get("nan_policy", "raise")))
     log_lik *= X.shape[0]
     seconds = time.perf_counter() - start
     n_params = jaxgmm.n_parameters(result.params)

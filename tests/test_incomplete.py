@@ -307,7 +307,15 @@ def test_k1_deconvolution_with_shared_noise_is_sample_covariance_minus_noise():
     Y = rng.multivariate_normal([0.0, 1.0], [[2.0, 0.5], [0.5, 1.0]], size=N)
     Y = Y + rng.multivariate_normal([0, 0], S, size=N)
     noise = np.broadcast_to(S, (N, D, D))
-    result = jaxgmm.fit(Y, 1, noise_covariances=noise, reg_covar=0.0, tol=0.0, max_iter=400)
+    result = jaxgmm.fit(
+        Y,
+        1,
+        noise_covariances=noise,
+        reg_covar=0.0,
+        tol=0.0,
+        max_iter=400,
+        init="random_from_data",
+    )
     np.testing.assert_allclose(result.params.means[0], Y.mean(axis=0), atol=1e-8)
     np.testing.assert_allclose(result.params.covariances[0], np.cov(Y.T, bias=True) - S, atol=1e-6)
 

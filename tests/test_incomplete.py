@@ -314,7 +314,7 @@ def test_k1_deconvolution_with_shared_noise_is_sample_covariance_minus_noise():
         reg_covar=0.0,
         tol=0.0,
         max_iter=400,
-        init="random_from_data",
+        init="random",
     )
     np.testing.assert_allclose(result.params.means[0], Y.mean(axis=0), atol=1e-8)
     np.testing.assert_allclose(result.params.covariances[0], np.cov(Y.T, bias=True) - S, atol=1e-6)

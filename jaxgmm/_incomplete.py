@@ -19,7 +19,7 @@ Around the current means these sums only need, per component, ``n_k = sum w g``,
 
 ``full`` and ``tied``: one batched Cholesky factorisation and triangular inverse of
 T per (row, component) over a chunk (static shapes, no gathers). This is the costly
-case: tens of times the complete-data iteration on a CPU, where each tiny
+case: a few hundred times the complete-data iteration on a CPU, where each tiny
 factorisation is a library call (W6, ``benchmarks/results/bench_missing.md``).
 ``diag`` and ``spherical``: T is diagonal; without noise the E-step is three thin
 matrix products each way with the mask as extra features

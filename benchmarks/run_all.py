@@ -19,6 +19,7 @@ from benchmarks import (
     bench_em,
     bench_latency,
     bench_many,
+    bench_missing,
     bench_online,
     bench_realdata,
     bench_restarts,
@@ -38,6 +39,7 @@ SCRIPTS = {
     "sharded": bench_sharded,
     "online": bench_online,
     "blocks": bench_blocks,
+    "missing": bench_missing,
 }
 
 

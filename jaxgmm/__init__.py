@@ -6,6 +6,7 @@ from jaxgmm import compilation_cache, datasets
 from jaxgmm._covariance import COVARIANCE_TYPES
 from jaxgmm._fit import fit, fit_many
 from jaxgmm._gradient import UnconstrainedParams, fit_gradient, from_unconstrained, to_unconstrained
+from jaxgmm._impute import impute
 from jaxgmm._inference import (
     aic,
     bic,
@@ -34,6 +35,7 @@ __all__ = [
     "fit",
     "fit_gradient",
     "fit_many",
+    "impute",
     "from_unconstrained",
     "to_unconstrained",
     "UnconstrainedParams",
@@ -54,23 +56,24 @@ __all__ = [
 # The scikit-learn estimator is optional: listed only when scikit-learn is installed,
 # so that ``from jaxgmm import *`` works without it.
 if _importlib_util.find_spec("sklearn") is not None:
-    __all__.append("GaussianMixture")
+    __all__ += ["GaussianMixture", "GaussianMixtureImputer"]
 
 
 def __getattr__(name: str):
     """Import ``GaussianMixture`` lazily; it needs scikit-learn, the rest does not."""
-    if name == "GaussianMixture":
+    if name in ("GaussianMixture", "GaussianMixtureImputer"):
         try:
             from jaxgmm._estimator import GaussianMixture
+            from jaxgmm._imputer import GaussianMixtureImputer
         except ImportError as err:
             if "sklearn" not in str(err):
                 raise
             raise ImportError(
-                "jaxgmm.GaussianMixture needs scikit-learn, which is not installed. "
+                f"jaxgmm.{name} needs scikit-learn, which is not installed. "
                 'Install it with: pip install "jaxgmm[sklearn]" (the functional API, '
                 "jaxgmm.fit and friends, works without it)."
             ) from err
-        return GaussianMixture
+        return GaussianMixture if name == "GaussianMixture" else GaussianMixtureImputer
     raise AttributeError(f"module 'jaxgmm' has no attribute {name!r}")
 
 

@@ -43,15 +43,18 @@ from jaxgmm._solver import EM
 
 
 class Data(NamedTuple):
-    """The rows of one of ``fit_many``'s data sets as stored, x (N, D), weight (N,),
-    index (N,), and their centre (D,): the blocks read them centred
-    (:meth:`jaxgmm._rows.Rows.centred`). A single fit keeps only the centre: its
-    blocks take the caller's rows as arguments, so no second (N, D) copy is made."""
+    """The rows of one data set as stored, x (N, D), weight (N,), index (N,), their
+    centre (D,), and mask (N, D) and noise ((N, D) or (N, D, D)) for incomplete data
+    (else None): the blocks read them centred (:meth:`jaxgmm._rows.Rows.centred`).
+    Between blocks a single fit keeps only the centre (:func:`fit_advance` takes the
+    caller's rows again, so no second (N, D) copy is made); ``fit_many`` keeps this."""
 
     x: jax.Array
     weight: jax.Array
     index: jax.Array
     center: jax.Array
+    mask: jax.Array | None = None
+    noise: jax.Array | None = None
 
 
 class Restarts(NamedTuple):
@@ -98,9 +101,11 @@ def _start_rows(
     n_init,
     init,
     chunk_size,
+    mask=None,
+    noise=None,
 ) -> tuple[jax.Array, Restarts]:
     """Centre the rows and initialise every restart; -> (center (D,), restarts)."""
-    rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer)
+    rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer, mask, noise)
     solver, initial = restart_setup(
         rows,
         center,
@@ -141,7 +146,9 @@ def _advance_rows(
     chunk_size,
 ) -> tuple[Restarts, FitResult, Summary]:
     """At most ``budget`` more iterations of every restart; the best restart so far."""
-    rows = split_rows(data.x, data.weight, data.index, chunk_size).centred(data.center)
+    rows = split_rows(data.x, data.weight, data.index, chunk_size, data.mask, data.noise).centred(
+        data.center
+    )
     active = jnp.arange(n_components, dtype=n_active.dtype) < n_active
     solver = EM(reg_covar=reg_covar, active=active, reducer=reducer)
 
@@ -183,6 +190,8 @@ def fit_start(
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
+    mask: jax.Array | None = None,
+    noise: jax.Array | None = None,
     *,
     n_components: int,
     covariance_type: str,
@@ -197,7 +206,8 @@ def fit_start(
 
     Args:
         X, sample_weight, row_index, key, reg_covar, n_active, weights_init,
-            means_init, precisions_init: as in :func:`jaxgmm._driver.fit_compiled`.
+            means_init, precisions_init, mask, noise: as in
+            :func:`jaxgmm._driver.fit_compiled`.
         n_components, covariance_type, history_length, n_init, init, chunk_size,
             sharding, matmul_precision: its static options.
 
@@ -220,7 +230,9 @@ def fit_start(
     )
     with jax.default_matmul_precision(matmul_precision):
         if sharding is None:
-            return _start_rows(X, sample_weight, row_index, reducer=IN_MEMORY, **options)
+            return _start_rows(
+                X, sample_weight, row_index, reducer=IN_MEMORY, mask=mask, noise=noise, **options
+            )
         rows_spec = PartitionSpec(sharding.axis)
         return jax.shard_map(
             partial(_start_rows, reducer=Sharded(axis_name=sharding.axis), **options),
@@ -237,6 +249,8 @@ def fit_advance(
     X: jax.Array,
     sample_weight: jax.Array,
     row_index: jax.Array,
+    mask: jax.Array | None,
+    noise: jax.Array | None,
     center: jax.Array,
     restarts: Restarts,
     tol: jax.Array,
@@ -257,7 +271,7 @@ def fit_advance(
     """Run every unfinished restart for at most ``budget`` more EM iterations.
 
     Args:
-        X, sample_weight, row_index: the rows given to :func:`fit_start`.
+        X, sample_weight, row_index, mask, noise: the rows given to :func:`fit_start`.
         center, restarts: from :func:`fit_start`; restarts from the previous
             ``fit_advance`` after the first block.
         tol, reg_covar, max_iter, n_active: as in :func:`jaxgmm._driver.fit_compiled`.
@@ -280,7 +294,7 @@ def fit_advance(
         n_init=n_init,
         chunk_size=chunk_size,
     )
-    data = Data(X, sample_weight, row_index, center)
+    data = Data(X, sample_weight, row_index, center, mask, noise)
     with jax.default_matmul_precision(matmul_precision):
         if sharding is None:
             return _advance_rows(data, restarts, reducer=IN_MEMORY, **options)
@@ -298,14 +312,19 @@ def fit_advance(
 # ---------------------------------------------------------------------- many data sets
 
 
-def _model_elements(static: dict, n_features: int) -> int:
+def _model_elements(static: dict, n_features: int, incomplete: bool = False) -> int:
     """Values one model's restarts hold per chunk (for vmapped groups of models)."""
-    per_row = elements_per_row(static["n_components"], n_features, static["covariance_type"])
+    per_row = elements_per_row(
+        static["n_components"], n_features, static["covariance_type"], incomplete
+    )
     return static["n_init"] * static["chunk_size"] * per_row
 
 
-def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
-    """:func:`fit_many_start` on the models this program holds (all, or one shard's)."""
+def _start_models(X, sample_weight, keys, *own, static: dict, masked=False, **shared):
+    """:func:`fit_many_start` on the models this program holds (all, or one shard's).
+
+    ``own``: each model's (K, D) initial means, then its (N, D) mask (if ``masked``).
+    """
     row_index = jnp.arange(X.shape[1], dtype=jnp.int32)
     reducer = IN_MEMORY
     statics = {name: static[name] for name in _BLOCK_STATIC if name != "sharding"}
@@ -313,6 +332,7 @@ def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
 
     def start_one(member):
         x, w, key, *means = member
+        mask = means.pop() if masked else None
         weights_init, means_init, precisions_init = shared["inits"]
         inits = (weights_init, means[0] if means else means_init, precisions_init)
         center, restarts = _start_rows(
@@ -324,12 +344,14 @@ def _start_models(X, sample_weight, keys, *own_means, static: dict, **shared):
             n_active=shared["n_active"],
             inits=inits,
             reducer=reducer,
+            mask=mask,
             **statics,
         )
-        return Data(x, w, row_index, center), restarts
+        return Data(x, w, row_index, center, mask), restarts
 
-    members = (X, sample_weight, keys, *own_means)
-    return _unzip(map_groups(start_one, to_groups(members, _model_elements(static, X.shape[2]))))
+    members = (X, sample_weight, keys, *own)
+    elements = _model_elements(static, X.shape[2], masked)
+    return _unzip(map_groups(start_one, to_groups(members, elements)))
 
 
 def _unzip(batch):
@@ -392,13 +414,15 @@ def fit_many_start(
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
+    mask: jax.Array | None = None,
     **static,
 ):
     """:func:`fit_start` for each of B data sets, in the groups ``fit_many_compiled`` uses.
 
     Args:
         X: (B, N, D); sample_weight: (B, N); keys: (B,) PRNG keys; the others as in
-            :func:`jaxgmm._driver.fit_many_compiled` (``means_init`` may be (B, K, D)).
+            :func:`jaxgmm._driver.fit_many_compiled` (``means_init`` may be (B, K, D);
+            ``mask``: None or (B, N, D) observed-entry masks).
         **static: :func:`fit_start`'s static options (``sharding``: how the models
             axis is split over devices, or None).
 
@@ -412,8 +436,10 @@ def fit_many_start(
         n_active=n_active,
         inits=(weights_init, None if batched_means else means_init, precisions_init),
         static=static,
+        masked=mask is not None,
     )
     members = (X, sample_weight, keys) + ((means_init,) if batched_means else ())
+    members = members + ((mask,) if mask is not None else ())
     with jax.default_matmul_precision(static["matmul_precision"]):
         if sharding is None:
             return _start_models(*members, **shared)

@@ -17,7 +17,11 @@ _MIN_CHUNK = 256
 
 
 def chunk_size_for(
-    n_samples: int, n_components: int, n_features: int, covariance_type: str | None = None
+    n_samples: int,
+    n_components: int,
+    n_features: int,
+    covariance_type: str | None = None,
+    incomplete: bool = False,
 ) -> int:
     """Rows per chunk so that the largest per-chunk intermediate stays around 2 MiB.
 
@@ -26,17 +30,26 @@ def chunk_size_for(
         covariance_type: the fitting kernel's covariance type; ``diag`` and
             ``spherical`` fits keep K + D values per row, everything else (and
             scoring, ``None``) K * D.
+        incomplete: the incomplete-data kernel (:mod:`jaxgmm._incomplete`): K * D * D
+            values per row for matrix covariances, K * D for variances.
 
     Returns:
         Rows per chunk C, at most N.
     """
-    per_row = elements_per_row(n_components, n_features, covariance_type)
+    per_row = elements_per_row(n_components, n_features, covariance_type, incomplete)
     size = max(_MIN_CHUNK, CHUNK_ELEMENTS // per_row)
     return int(min(n_samples, size))
 
 
-def elements_per_row(n_components: int, n_features: int, covariance_type: str | None) -> int:
+def elements_per_row(
+    n_components: int, n_features: int, covariance_type: str | None, incomplete: bool = False
+) -> int:
     """Values the largest per-chunk intermediate holds per data row (see chunk_size_for)."""
+    if incomplete:  # (C, K, D, D) factorisations, or (C, K, D) elementwise (row_sized types)
+        per_component = (
+            n_features if covariance_model(covariance_type).row_sized else (n_features * n_features)
+        )
+        return max(1, n_components * per_component)
     if covariance_type is not None and covariance_model(covariance_type).row_sized:
         return max(1, n_components + n_features)
     return max(1, n_components * n_features)

@@ -78,6 +78,8 @@ class CovarianceModel(Protocol):
             difference-based pass (see :func:`jaxgmm._em.lost_precision`).
         row_sized: the fused kernel's largest per-chunk intermediate holds K + D
             values per row (else K * D).
+        noise_kinds: the measurement-noise shapes the incomplete-data E-step can
+            deconvolve: ``"diagonal"`` (N, D), ``"full"`` (N, D, D).
     """
 
     name: ClassVar[str]
@@ -85,6 +87,7 @@ class CovarianceModel(Protocol):
     expanded_density: ClassVar[bool]
     expanded_moments: ClassVar[bool]
     row_sized: ClassVar[bool]
+    noise_kinds: ClassVar[tuple[str, ...]]
 
     def shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
         """Shape of ``covariances`` / ``precisions`` / ``precisions_cholesky``."""
@@ -148,6 +151,13 @@ class CovarianceModel(Protocol):
 
     def check_precisions(self, precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
         """Raise ValueError (naming ``name``) unless these are valid precisions in ``dtype``."""
+
+    def expected_moments(self, n_k, a, G, covariances) -> tuple[jax.Array, jax.Array]:
+        """(s_x, s_xx) around the means from incomplete-data sums (:mod:`jaxgmm._incomplete`).
+
+        ``s_x = Sigma_k a_k`` and ``s_xx = n_k Sigma_k + Sigma_k G_k Sigma_k`` in this
+        type's shape; a: (K, D); G: (K, D, D) matrix types, (K, D) variance types.
+        """
 
     def to_unconstrained(self, precisions_cholesky) -> jax.Array:
         """Unconstrained coordinates of the factors (log-diagonal); same shape."""
@@ -420,6 +430,7 @@ class Full(_MatrixCovariance):
     name = "full"
     per_component = True
     expanded_moments = False
+    noise_kinds = ("diagonal", "full")
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
@@ -541,6 +552,18 @@ class Full(_MatrixCovariance):
         return n_k, means, solved[:, :, n_features], 0.5 * (s_xx + jnp.swapaxes(s_xx, 1, 2))
 
     @staticmethod
+    def matrices(covariances: jax.Array) -> jax.Array:
+        """Every component's (D, D) covariance; -> (K, D, D)."""
+        return covariances
+
+    @staticmethod
+    def expected_moments(n_k, a, G, covariances):
+        """(s_x (K, D), s_xx (K, D, D)) from incomplete-data sums, around the means."""
+        s_x = jnp.einsum("kde,ke->kd", covariances, a)
+        s_xx = n_k[:, None, None] * covariances + covariances @ G @ covariances
+        return s_x, 0.5 * (s_xx + jnp.swapaxes(s_xx, 1, 2))
+
+    @staticmethod
     def covariances(n_k, mean_shift, s_xx, reg_covar):
         """Covariances from statistics; mean_shift = s_x / n_k: (K, D); -> (K, D, D)."""
         cov = s_xx / n_k[:, None, None] - mean_shift[:, :, None] * mean_shift[:, None, :]
@@ -563,6 +586,7 @@ class Tied(_MatrixCovariance):
     name = "tied"
     per_component = False
     expanded_moments = True
+    noise_kinds = ()
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
@@ -661,6 +685,17 @@ class Tied(_MatrixCovariance):
         return n_k, jnp.zeros_like(means), s_x, 0.5 * (s_xx + s_xx.T)
 
     @staticmethod
+    def matrices(covariances: jax.Array) -> jax.Array:
+        """The shared covariance as a batch of one; -> (1, D, D)."""
+        return covariances[None]
+
+    @staticmethod
+    def expected_moments(n_k, a, G, covariances):
+        """(s_x (K, D), s_xx (D, D) summed over components) from incomplete-data sums."""
+        s_xx = jnp.sum(n_k) * covariances + covariances @ jnp.sum(G, axis=0) @ covariances
+        return a @ covariances, 0.5 * (s_xx + s_xx.T)
+
+    @staticmethod
     def covariances(n_k, mean_shift, s_xx, reg_covar):
         """Shared covariance from statistics; -> (D, D)."""
         between = jnp.einsum("k,kd,ke->de", n_k, mean_shift, mean_shift)
@@ -682,6 +717,7 @@ class Diag(_VarianceCovariance):
 
     name = "diag"
     per_component = True
+    noise_kinds = ("diagonal",)
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
@@ -777,6 +813,11 @@ class Diag(_VarianceCovariance):
         return n_k, jnp.zeros_like(means), s_x, s_xx
 
     @staticmethod
+    def expected_moments(n_k, a, G, covariances):
+        """(s_x (K, D), s_xx (K, D)) from incomplete-data sums, around the means."""
+        return covariances * a, n_k[:, None] * covariances + covariances**2 * G
+
+    @staticmethod
     def covariances(n_k, mean_shift, s_xx, reg_covar):
         """Variances from statistics, clipped at zero before regularising; -> (K, D)."""
         return jnp.maximum(s_xx / n_k[:, None] - mean_shift**2, 0.0) + reg_covar
@@ -797,6 +838,7 @@ class Spherical(_VarianceCovariance):
 
     name = "spherical"
     per_component = True
+    noise_kinds = ()
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
@@ -881,6 +923,13 @@ class Spherical(_VarianceCovariance):
     def fused_finish(moments, means, precisions_cholesky):
         """(n_k, shift, s_x, s_xx) around zero from summed :meth:`fused_chunk` moments."""
         return moments[:, -1], jnp.zeros_like(means), moments[:, 1:-1], moments[:, 0]
+
+    @staticmethod
+    def expected_moments(n_k, a, G, covariances):
+        """(s_x (K, D), s_xx (K,) summed over features) from incomplete-data sums."""
+        n_features = a.shape[1]
+        s_xx = n_features * n_k * covariances + covariances**2 * jnp.sum(G, axis=1)
+        return covariances[:, None] * a, s_xx
 
     @staticmethod
     def covariances(n_k, mean_shift, s_xx, reg_covar):

@@ -68,6 +68,8 @@ def fit_compiled(
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
+    mask: jax.Array | None = None,
+    noise: jax.Array | None = None,
     *,
     n_components: int,
     covariance_type: str,
@@ -92,6 +94,11 @@ def fit_compiled(
         weights_init: (K_pad,) or None; means_init: (K_pad, D) or None;
             precisions_init: covariance-type shaped or None (padded components: weight
             0, identity precision).
+        mask: None (every entry observed), or (N, D) bool, True where observed;
+            missing entries of X hold the column's weighted mean of observed entries.
+        noise: None, or (N, D) / (N, D, D) known noise covariances of the rows.
+            With either, EM runs on incomplete data (:mod:`jaxgmm._incomplete`);
+            rows-sharded fits do not support them.
         n_components: K_pad; covariance_type, history_length, n_init, init, chunk_size,
             report_progress: static options.
         sharding: None (rows in this program), or how X's rows are split over devices:
@@ -121,7 +128,9 @@ def fit_compiled(
     )
     with jax.default_matmul_precision(matmul_precision):
         if sharding is None:
-            return _fit_rows(X, sample_weight, row_index, reducer=IN_MEMORY, **options)
+            return _fit_rows(
+                X, sample_weight, row_index, reducer=IN_MEMORY, mask=mask, noise=noise, **options
+            )
         return _fit_sharded(X, sample_weight, row_index, sharding, options)
 
 
@@ -158,9 +167,11 @@ def _fit_rows(
     init,
     chunk_size,
     report_progress,
+    mask=None,
+    noise=None,
 ) -> FitResult:
     """:func:`fit_compiled` on the rows this program holds (all, or one shard's)."""
-    rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer)
+    rows, center = centred_rows(X, sample_weight, row_index, chunk_size, reducer, mask, noise)
     solver, initial = restart_setup(
         rows,
         center,
@@ -192,9 +203,15 @@ def _fit_rows(
     return best_restart(states, jax.vmap(status)(states), center)
 
 
-def centred_rows(X, sample_weight, row_index, chunk_size: int, reducer) -> tuple[Rows, jax.Array]:
-    """The rows in chunks, centred on their weighted mean; -> (rows, center (D,))."""
-    rows = split_rows(X, sample_weight, row_index, chunk_size)
+def centred_rows(
+    X, sample_weight, row_index, chunk_size: int, reducer, mask=None, noise=None
+) -> tuple[Rows, jax.Array]:
+    """The rows in chunks, centred on their weighted mean; -> (rows, center (D,)).
+
+    ``mask`` and ``noise`` (None, or (N, D) / (N, D, D)) travel with the rows; missing
+    entries hold their column's mean, so the centre is the observed entries' mean.
+    """
+    rows = split_rows(X, sample_weight, row_index, chunk_size, mask, noise)
     # Work around the weighted data mean: exact float32 statistics for offset data.
     sum_x, total_weight = reducer.sum(lambda x, w, i: (w @ x, jnp.sum(w)), rows)
     center = sum_x / total_weight
@@ -272,6 +289,7 @@ def fit_many_compiled(
     weights_init: jax.Array | None,
     means_init: jax.Array | None,
     precisions_init: jax.Array | None,
+    mask: jax.Array | None = None,
     **static_options,
 ) -> FitResult:
     """:func:`fit_compiled` for each of B data sets, vmapped in cache-sized groups.
@@ -282,6 +300,7 @@ def fit_many_compiled(
             precisions_init: shared by every
             model, as in :func:`fit_compiled`; ``means_init`` may also be (B, K, D),
             one per data set.
+        mask: None, or (B, N, D) bool observed-entry masks (missing values).
         **static_options: :func:`fit_compiled`'s static options.
 
     Returns:
@@ -299,8 +318,10 @@ def fit_many_compiled(
         means_init=None if batched_means else means_init,
         precisions_init=precisions_init,
         static_options=static_options,
+        masked=mask is not None,
     )
     members = (X, sample_weight, keys) + ((means_init,) if batched_means else ())
+    members = members + ((mask,) if mask is not None else ())
     if sharding is None:
         return _fit_models(*members, **shared)
     spec = PartitionSpec(sharding.axis)
@@ -313,17 +334,24 @@ def fit_many_compiled(
     )(*members)
 
 
-def _fit_models(X, sample_weight, keys, *own_means, static_options, **shared) -> FitResult:
-    """:func:`fit_many_compiled` on the models this program holds (all, or one shard's)."""
+def _fit_models(X, sample_weight, keys, *own, static_options, masked=False, **shared) -> FitResult:
+    """:func:`fit_many_compiled` on the models this program holds (all, or one shard's).
+
+    ``own``: each model's (K, D) initial means, then its (N, D) mask (if ``masked``).
+    """
     row_index = jnp.arange(X.shape[1], dtype=jnp.int32)
 
     def fit_one(member):
-        x, w, key, *means = member
-        options = dict(shared, means_init=means[0]) if means else shared
-        return fit_compiled(x, w, row_index, key, **options, **static_options)
+        x, w, key, *rest = member
+        mask = rest.pop() if masked else None
+        options = dict(shared, means_init=rest[0]) if rest else shared
+        return fit_compiled(x, w, row_index, key, **options, mask=mask, **static_options)
 
     per_row = elements_per_row(
-        static_options["n_components"], X.shape[2], static_options["covariance_type"]
+        static_options["n_components"],
+        X.shape[2],
+        static_options["covariance_type"],
+        incomplete=masked,
     )
     member_elements = static_options["n_init"] * static_options["chunk_size"] * per_row
-    return map_in_groups(fit_one, (X, sample_weight, keys, *own_means), member_elements)
+    return map_in_groups(fit_one, (X, sample_weight, keys, *own), member_elements)

@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from jaxgmm._covariance import COVARIANCE_TYPES
 from jaxgmm._fit import fit as _fit
+from jaxgmm._inference import _evaluate as _evaluate_functional
 from jaxgmm._inference import evaluate_checked as _evaluate_checked
 from jaxgmm._inference import n_parameters as _n_parameters
 from jaxgmm._inference import sample as _sample
@@ -37,6 +38,7 @@ from jaxgmm._online import online_em as _online_em
 from jaxgmm._options import DEFAULTS, MATMUL_PRECISIONS
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 from jaxgmm._sharding import leading_axis_sharding
+from jaxgmm._validation import NAN_POLICIES
 from jaxgmm._validation import check_data_array as _check_data_array
 from jaxgmm._validation import check_params as _check_params
 from jaxgmm._validation import check_sample_weight as _check_sample_weight
@@ -133,6 +135,7 @@ _PARAMETER_RULES = {
     "n_init": _int_at_least(1),
     "init_params": _one_of(INIT_METHODS),
     "matmul_precision": _one_of(MATMUL_PRECISIONS),
+    "nan_policy": _one_of(NAN_POLICIES),
     "weights_init": (_array_or_none, "an array-like of shape (n_components,) or None"),
     "means_init": (_array_or_none, "an array-like of shape (n_components, n_features) or None"),
     "precisions_init": (_array_or_none, "an array-like or None"),
@@ -193,6 +196,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose_interval: iterations between two verbose messages.
         matmul_precision: ``"highest"`` (full float32 matrix products, default),
             ``"high"`` or ``"default"`` (TF32 on recent NVIDIA GPUs); jaxgmm only.
+        nan_policy: what NaN entries of X mean, in ``fit`` and every scoring method:
+            ``"raise"`` (default, scikit-learn's behaviour), ``"omit"`` (rows with NaN
+            are dropped from the fit and the scores; their per-point outputs are NaN,
+            label -1) or ``"marginalize"`` (exact EM over each row's observed
+            entries; see :func:`jaxgmm.fit`); jaxgmm only.
 
     Attributes:
         weights_: (K,) mixture weights.
@@ -227,6 +235,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose: int = 0,
         verbose_interval: int = 10,
         matmul_precision: str = DEFAULTS.matmul_precision,
+        nan_policy: str = DEFAULTS.nan_policy,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -243,6 +252,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.matmul_precision = matmul_precision
+        self.nan_policy = nan_policy
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: NaN is accepted unless ``nan_policy="raise"``."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self.nan_policy != "raise"
+        return tags
 
     # ------------------------------------------------------------------ validation
 
@@ -301,6 +317,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             The updated estimator.
         """
         self._check_constructor_parameters()
+        if self.nan_policy != "raise":
+            raise ValueError(
+                f"partial_fit (online EM) does not support nan_policy={self.nan_policy!r} "
+                "yet; use fit, or drop the rows with NaN and set nan_policy='raise'."
+            )
         if not hasattr(self, "means_"):
             X = self._fit(X, sample_weight)
         else:
@@ -367,6 +388,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             init=self.init_params,
             sample_weight=sample_weight,
             matmul_precision=self.matmul_precision,
+            nan_policy=self.nan_policy,
         )
         if warm:
             fitted_shape = self.means_.shape
@@ -421,7 +443,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         one EM iteration (returned, marked converged); otherwise None, and the full
         compiled fit runs, whose first iteration can then not converge either.
         """
-        first = float(_score(self.params_, X, options["sample_weight"]))
+        first = float(
+            _score(self.params_, X, options["sample_weight"], nan_policy=options["nan_policy"])
+        )
         if not abs(first - float(self.lower_bound_)) < options["tol"]:
             return None
         result = _fit(X, int(self.n_components), key=key, **{**options, "max_iter": 1}, **inits)
@@ -557,11 +581,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         by jaxgmm (shape, dtype, finite values) instead of being copied to one host
         array, and fitted or scored shard by shard.
         """
+        allow_nan = getattr(self, "nan_policy", "raise") != "raise"
         if leading_axis_sharding(X) is None:
             kwargs = dict(ensure_min_samples=2) if reset else {}
+            if allow_nan:
+                kwargs["ensure_all_finite"] = "allow-nan"
             return _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], **kwargs)
         n_features = None if reset else self.n_features_in_
-        X = _check_data_array(X, n_features=n_features)
+        X = _check_data_array(X, n_features=n_features, allow_nan=allow_nan)
         if reset:
             if X.shape[0] < 2:
                 raise ValueError(f"Expected n_samples >= 2, got X with {X.shape[0]} row(s).")
@@ -574,6 +601,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """One compiled program on rows that ``_check_data`` validated (no second check)."""
         dtype = self._dtype()
         with _precision_scope(dtype):
+            if self.nan_policy != "raise":  # NaN-aware path of the functional API
+                out = _evaluate_functional(self.params_, X, output, sample_weight, self.nan_policy)
+                return out if output == "score" else np.asarray(out)
             if output == "score" and sample_weight is None:
                 sample_weight = np.ones(X.shape[0], dtype)
             elif output == "score":
@@ -640,15 +670,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def bic(self, X) -> float:
         """Bayesian information criterion on X: (N, D) (lower is better)."""
         X = self._check_data(X)
-        n_samples = X.shape[0]
+        n_samples = self._scored_rows(X)
         log_lik = self._score_validated(X) * n_samples
         return -2.0 * log_lik + self._n_parameters() * float(np.log(n_samples))
 
     def aic(self, X) -> float:
         """Akaike information criterion on X: (N, D) (lower is better)."""
         X = self._check_data(X)
-        log_lik = self._score_validated(X) * X.shape[0]
+        log_lik = self._score_validated(X) * self._scored_rows(X)
         return -2.0 * log_lik + 2.0 * self._n_parameters()
+
+    def _scored_rows(self, X) -> int:
+        """Rows the score averages over (``nan_policy="omit"`` leaves NaN rows out)."""
+        if self.nan_policy == "omit":
+            return int((~np.isnan(np.asarray(X)).any(axis=1)).sum())
+        return X.shape[0]
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw points from the fitted mixture.

@@ -24,15 +24,19 @@ from jaxgmm._params import FitResult, Status, first_components
 from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
 from jaxgmm._validation import (
     centre_and_cast,
+    check_concrete_for_nan_policy,
     check_data_array,
     check_datasets,
     check_initial_params,
     check_key,
     check_n_samples,
+    check_noise_covariances,
     check_sample_weight,
     compute_dtype,
     is_traced,
     mark_checked,
+    missing_mask,
+    omit_nan_rows,
 )
 
 ILL_DEFINED_MESSAGE = Status.NON_FINITE.message
@@ -58,12 +62,44 @@ def _ill_defined_message(reg_covar, covariance_type: str, n_components: int) -> 
 
 
 def _max_chunk(
-    chunk_size: int | None, n_components: int, n_features: int, covariance_type: str
+    chunk_size: int | None,
+    n_components: int,
+    n_features: int,
+    covariance_type: str,
+    incomplete: bool = False,
 ) -> int:
     """The user's chunk size, or the default one (~2 MiB intermediates) for K and D."""
     if chunk_size is not None:
         return chunk_size
-    return chunk_size_for(2**62, n_components, n_features, covariance_type)
+    return chunk_size_for(2**62, n_components, n_features, covariance_type, incomplete)
+
+
+def _incomplete_data(X, sample_weight, nan_policy: str, noise, covariance_type: str, dtype):
+    """Apply ``nan_policy`` and check the noise: -> (X, sample_weight, mask, noise).
+
+    ``"omit"`` drops rows with NaN (and their weights and noise); ``"marginalize"``
+    fills missing entries with their column's mean and returns the observed-entry mask
+    (None when nothing is missing); rows with no observed entry get weight zero.
+    """
+    n_samples, n_features = X.shape
+    if noise is not None:
+        noise = check_noise_covariances(noise, n_samples, n_features, covariance_type, dtype)
+    if nan_policy == "omit":
+        X, sample_weight, noise = omit_nan_rows(X, "X", sample_weight, noise)
+        return X, sample_weight, None, noise
+    if nan_policy == "marginalize":
+        weight = np.ones(n_samples) if sample_weight is None else np.asarray(sample_weight)
+        X, mask, weight = missing_mask(X, weight)
+        if mask is not None:
+            return X, weight, mask, noise
+    return X, sample_weight, None, noise
+
+
+def _pad_like_rows(a, n_rows: int):
+    """Pad a per-row array (N, ...) to ``n_rows`` with copies of its first row (or None)."""
+    if a is None or a.shape[0] == n_rows:
+        return a
+    return np.concatenate([a, np.broadcast_to(a[:1], (n_rows - a.shape[0],) + a.shape[1:])])
 
 
 def _static_options(
@@ -145,6 +181,8 @@ def fit(
     progress: bool = False,
     matmul_precision: str = DEFAULTS.matmul_precision,
     on_interrupt: str = DEFAULTS.on_interrupt,
+    nan_policy: str = DEFAULTS.nan_policy,
+    noise_covariances=None,
 ) -> FitResult:
     """Fit a Gaussian mixture to data by expectation-maximisation.
 
@@ -201,6 +239,18 @@ def fit(
             Status.INTERRUPTED`` (a restart that had finished is always chosen over an
             interrupted one, and then gives its own status). An interrupt during
             compilation or initialisation is always raised.
+        nan_policy: what NaN entries of X mean. ``"raise"`` (default): an error;
+            ``"omit"``: rows with any NaN are dropped (a warning gives the count);
+            ``"marginalize"``: NaN entries are missing values and EM runs exactly on
+            the observed entries of every row (the lower bound is the observed-data
+            log-likelihood per row; rows with no observed entry count for nothing;
+            a column with no observed entry is an error). Initialisation then runs
+            k-means on the observed coordinates only.
+        noise_covariances: None, or each row's known measurement-noise covariance,
+            (N, D) diagonal or (N, D, D) full ("extreme deconvolution"): the fitted
+            mixture is that of the noise-free points, each row being one draw plus
+            its noise. Needs ``covariance_type="full"`` (or ``"diag"`` with diagonal
+            noise); combines with ``nan_policy="marginalize"``.
 
     Returns:
         A :class:`FitResult` with ``params``, ``lower_bound``, ``n_iter``,
@@ -227,9 +277,25 @@ def fit(
         chunk_size,
         matmul_precision,
         on_interrupt,
+        nan_policy,
     ).check(n_components)
     check_key(key)
-    X = check_data_array(X)
+    check_concrete_for_nan_policy((X, sample_weight), nan_policy, noise_covariances)
+    X = check_data_array(X, allow_nan=nan_policy != "raise")
+    mask = noise = None
+    if nan_policy != "raise" or noise_covariances is not None:
+        if leading_axis_sharding(X) is not None:
+            raise ValueError(
+                "nan_policy='omit'/'marginalize' and noise_covariances are not supported "
+                "for row-sharded X yet; fit a host (numpy) array instead."
+            )
+        X = np.asarray(X)
+        dtype = compute_dtype(X.dtype)
+        if sample_weight is not None:
+            sample_weight = check_sample_weight(sample_weight, X.shape[0], dtype, 1)
+        X, sample_weight, mask, noise = _incomplete_data(
+            X, sample_weight, nan_policy, noise_covariances, covariance_type, dtype
+        )
     n_samples, n_features = X.shape
     check_n_samples(n_samples, n_components)
     dtype = compute_dtype(X.dtype)
@@ -248,7 +314,8 @@ def fit(
     )
     # Shape buckets (jaxgmm._buckets): padding rows and components, so that nearby
     # sizes share one compiled program. Traced input keeps its own shapes.
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
+    incomplete = mask is not None or noise is not None
+    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, incomplete)
     n_padded = n_components
     traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
@@ -269,6 +336,7 @@ def fit(
         X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
         row_index = np.arange(n_rows, dtype=np.int32)
+        mask, noise = _pad_like_rows(mask, n_rows), _pad_like_rows(noise, n_rows)
     static = _static_options(
         n_padded, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
@@ -283,6 +351,8 @@ def fit(
         jnp.asarray(max_iter, jnp.int32),
         jnp.asarray(n_components, jnp.int32),
         *inits,
+        mask,
+        noise,
     )
     description = f"EM fit, K={n_components}" if progress else None
     small = fits_in_one_block(X.shape[0], n_padded, n_features, n_init, max_iter)
@@ -352,18 +422,21 @@ def _fit_in_blocks(
     """The fit as compiled blocks of EM iterations driven by a host loop."""
     X, sample_weight, row_index, key, tol, reg_covar, max_iter_, n_active, *inits = args
     # Host arrays go to the device once, not once per block.
-    X, sample_weight, row_index = (
-        a if isinstance(a, jax.Array) else jax.device_put(a) for a in (X, sample_weight, row_index)
+    X, sample_weight, row_index, *inits = (
+        a if a is None or isinstance(a, jax.Array) else jax.device_put(a)
+        for a in (X, sample_weight, row_index, *inits)
     )
     static = {name: value for name, value in static.items() if name != "report_progress"}
 
     def start():
         return fit_start(X, sample_weight, row_index, key, reg_covar, n_active, *inits, **static)
 
+    mask, noise = inits[3:]
+
     def advance(state, budget):
         center, restarts = state
         restarts, result, summary = fit_advance(
-            *(X, sample_weight, row_index, center, restarts),
+            *(X, sample_weight, row_index, mask, noise, center, restarts),
             *(tol, reg_covar, max_iter_, n_active, budget),
             **static,
         )
@@ -451,6 +524,7 @@ def fit_many(
     chunk_size: int | None = DEFAULTS.chunk_size,
     matmul_precision: str = DEFAULTS.matmul_precision,
     on_interrupt: str = DEFAULTS.on_interrupt,
+    nan_policy: str = DEFAULTS.nan_policy,
 ) -> FitResult:
     """Fit one independent mixture per data set, all in one compiled program.
 
@@ -466,9 +540,10 @@ def fit_many(
         key: an int seed or a JAX PRNG key.
         progress: show one progress bar of EM iterations for the whole batch.
         covariance_type, tol, reg_covar, max_iter, n_init, init, weights_init,
-            means_init, precisions_init, chunk_size, matmul_precision: as in
-            :func:`fit`, the same for
-            every model (initial parameters: (K,), (K, D), covariance-shaped).
+            means_init, precisions_init, chunk_size, matmul_precision, nan_policy:
+            as in :func:`fit`, the same for every model (initial parameters: (K,),
+            (K, D), covariance-shaped). ``"omit"`` drops each data set's rows with
+            NaN; ``"marginalize"`` fits each data set's observed entries exactly.
 
     Returns:
         A :class:`FitResult` whose every leaf has a leading (B,) axis. Models whose
@@ -490,6 +565,7 @@ def fit_many(
         chunk_size,
         matmul_precision,
         on_interrupt,
+        nan_policy,
     ).check(n_components)
     check_key(key)
     if any(is_traced(a) for a in jax.tree_util.tree_leaves((datasets, sample_weight))):
@@ -501,6 +577,11 @@ def fit_many(
     models_sharding = None
     if isinstance(datasets, jax.Array) and datasets.ndim == 3:
         models_sharding = leading_axis_sharding(datasets, "datasets")
+    if models_sharding is not None and nan_policy != "raise":
+        raise ValueError(
+            f"nan_policy={nan_policy!r} is not supported for data sets sharded over devices "
+            "yet; pass host (numpy) data sets instead."
+        )
     if models_sharding is not None:
         return _fit_sharded_models(
             datasets,
@@ -520,7 +601,12 @@ def fit_many(
             matmul_precision=matmul_precision,
             on_interrupt=on_interrupt,
         )
+    if nan_policy == "omit":
+        datasets, sample_weight = _omit_in_datasets(datasets, sample_weight)
     X, W = stack_datasets(datasets, sample_weight)
+    mask = None
+    if nan_policy == "marginalize":
+        X, W, mask = _datasets_missing_mask(X, W)
     n_models, n_samples, n_features = X.shape
     check_n_samples(n_samples, n_components)
     dtype = compute_dtype(X.dtype)
@@ -544,12 +630,15 @@ def fit_many(
         if means_init is not None:  # per data set now: (B, K, D)
             user_means = np.asarray(user_means_init, np.float64)[None]
             means_init = jnp.asarray((user_means - offsets[:, None, :]).astype(dtype))
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type)
+    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, mask is not None)
     n_rows, chunk = row_layout(n_samples, max_chunk)
     if n_rows > n_samples:  # zero-weight copies of each data set's first row
         pad = n_rows - n_samples
         X = np.concatenate([X, np.broadcast_to(X[:, :1], (n_models, pad, n_features))], axis=1)
         W = np.concatenate([W, np.zeros((n_models, pad), W.dtype)], axis=1)
+        if mask is not None:
+            first = np.broadcast_to(mask[:, :1], (n_models, pad, n_features))
+            mask = np.concatenate([mask, first], axis=1)
     static = _static_options(
         n_components, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
@@ -565,6 +654,7 @@ def fit_many(
         weights_init,
         means_init,
         precisions_init,
+        None if mask is None else jnp.asarray(mask),
     )
     description = f"EM fit of {n_models} models, K={n_components}" if progress else None
     result = _fit_many_programs(args, static, max_iter, description, on_interrupt)
@@ -574,6 +664,41 @@ def fit_many(
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(dtype)))
         result = dataclasses.replace(result, params=params)
     return result
+
+
+def _omit_in_datasets(datasets, sample_weight):
+    """``nan_policy="omit"`` for fit_many: drop each data set's rows with NaN (warns)."""
+    if isinstance(datasets, (np.ndarray, jax.Array)) and np.ndim(datasets) == 3:
+        datasets = list(np.asarray(datasets))
+    if not isinstance(datasets, Sequence) or isinstance(datasets, (str, bytes)):
+        return datasets, sample_weight  # stack_datasets raises the plain message
+    arrays = [np.asarray(d) for d in datasets]
+    weights = [None] * len(arrays) if sample_weight is None else list(sample_weight)
+    kept_x, kept_w = [], []
+    for b, (a, w) in enumerate(zip(arrays, weights, strict=False)):
+        if a.ndim == 2:
+            a, w = omit_nan_rows(a, f"data set {b}", w)
+        kept_x.append(a)
+        kept_w.append(np.ones(len(a)) if w is None else w)
+    return kept_x, kept_w
+
+
+def _datasets_missing_mask(X: np.ndarray, W: np.ndarray):
+    """``nan_policy="marginalize"`` for stacked (B, N, D) data sets: -> (X, W, mask).
+
+    Per data set, as :func:`jaxgmm._validation.missing_mask` does for one.
+    """
+    if not np.issubdtype(X.dtype, np.inexact) or not np.isnan(X).any():
+        return X, W, None
+    masks = []
+    X, W = X.copy(), W.copy()
+    for b in range(X.shape[0]):
+        try:
+            X[b], mask, W[b] = missing_mask(X[b], W[b])
+        except ValueError as error:
+            raise ValueError(f"data set {b}: {error}") from None
+        masks.append(np.ones(X.shape[1:], bool) if mask is None else mask)
+    return X, W, np.stack(masks)
 
 
 def _fit_many_programs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import warnings
 from functools import partial
 
 import jax
@@ -16,6 +17,7 @@ from jaxgmm._buckets import first_rows, row_layout
 from jaxgmm._chunking import chunk_size_for, chunked_map
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import log_resp_and_norm
+from jaxgmm._incomplete import incomplete_log_prob
 from jaxgmm._keys import as_key
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, Sharded
@@ -26,11 +28,16 @@ from jaxgmm._sharding import (
     unpad_sharded_rows,
 )
 from jaxgmm._validation import (
+    check_concrete_for_nan_policy,
     check_data,
+    check_data_array,
     check_key,
+    check_nan_policy,
+    check_noise_covariances,
     check_params,
     check_sample_weight,
     is_traced,
+    nan_rows,
 )
 
 
@@ -105,22 +112,145 @@ def _evaluate_rows(params, X, sample_weight, output, chunk_size, reducer):
     return values
 
 
-def _evaluate(params, X, output: str, sample_weight=None):
-    """Validate params and X, then :func:`evaluate_checked`.
+def _evaluate(params, X, output: str, sample_weight=None, nan_policy="raise", noise=None):
+    """Validate params and X, then :func:`evaluate_checked` (or the incomplete-data path).
 
     Args:
         params: fitted parameters (or a FitResult); X: (N, D) data.
         output: see :func:`_evaluate_program`.
         sample_weight: (N,) weights for ``"score"``.
+        nan_policy: ``"raise"``, ``"omit"`` or ``"marginalize"`` (see :func:`score_samples`).
+        noise: None, or (N, D) / (N, D, D) measurement-noise covariances of the rows.
 
     Returns:
         The (N, ...) per-point output, or the () score.
     """
     params = _as_params(params)
-    X = check_data(X, n_features=params.n_features)
+    check_nan_policy(nan_policy)
+    check_concrete_for_nan_policy((X, sample_weight), nan_policy, noise)
+    if nan_policy == "raise" and noise is None:
+        X = check_data(X, n_features=params.n_features)
+        if output == "score":
+            sample_weight = check_sample_weight(sample_weight, X.shape[0], params.means.dtype, 1)
+        return evaluate_checked(params, X, output, sample_weight)
+    allow_nan = nan_policy != "raise"
+    X = np.asarray(check_data_array(X, n_features=params.n_features, allow_nan=allow_nan))
+    dtype = params.means.dtype
+    n_samples = X.shape[0]
     if output == "score":
-        sample_weight = check_sample_weight(sample_weight, X.shape[0], params.means.dtype, 1)
-    return evaluate_checked(params, X, output, sample_weight)
+        sample_weight = np.asarray(check_sample_weight(sample_weight, n_samples, dtype, 1))
+    if noise is not None:
+        noise = check_noise_covariances(
+            noise, n_samples, params.n_features, params.covariance_type, dtype
+        )
+    if nan_policy == "omit":
+        return _evaluate_omitting(params, X, output, sample_weight, noise)
+    mask = ~np.isnan(X) if np.isnan(X).any() else None
+    if mask is None and noise is None:
+        return evaluate_checked(params, np.asarray(X, dtype), output, sample_weight)
+    return evaluate_incomplete(params, X, mask, noise, output, sample_weight)
+
+
+def _evaluate_omitting(params, X, output: str, sample_weight, noise):
+    """``nan_policy="omit"``: rows with NaN are left out of the score; per-point outputs
+    give them NaN (``predict``: -1)."""
+    drop = nan_rows(X)
+    n_drop = int(drop.sum())
+    if n_drop:
+        warnings.warn(
+            f"nan_policy='omit': {n_drop} of {X.shape[0]} rows of X contain NaN and were "
+            + ("left out of the score." if output == "score" else "given NaN (predict: -1)."),
+            UserWarning,
+            stacklevel=4,
+        )
+    keep = ~drop
+    if n_drop == X.shape[0]:
+        if output == "score":
+            raise ValueError("Every row of X contains NaN, so nan_policy='omit' leaves no data.")
+        shape = (X.shape[0],) + ((params.n_components,) if output == "predict_proba" else ())
+        return jnp.asarray(np.full(shape, -1 if output == "predict" else np.nan))
+    kept_noise = None if noise is None else noise[keep]
+    kept_weight = None if sample_weight is None else sample_weight[keep]
+    if output == "score" and not (kept_weight > 0).any():
+        raise ValueError("Every row with positive sample_weight contains NaN; nothing to score.")
+    if kept_noise is None:
+        kept = evaluate_checked(params, X[keep].astype(params.means.dtype), output, kept_weight)
+    else:
+        kept = evaluate_incomplete(params, X[keep], None, kept_noise, output, kept_weight)
+    if output == "score" or n_drop == 0:
+        return kept
+    kept = np.asarray(kept)
+    fill = -1 if output == "predict" else np.nan
+    out = np.full((X.shape[0],) + kept.shape[1:], fill, kept.dtype)
+    out[keep] = kept
+    return jnp.asarray(out)
+
+
+@partial(jax.jit, static_argnames=("output", "chunk_size"))
+def _evaluate_incomplete_program(params, X, mask, noise, sample_weight, *, output, chunk_size):
+    """Per-point ``output`` (or the score) of incomplete rows, chunk by chunk.
+
+    X: (N, D) with missing entries filled by any finite value, N a multiple of
+    ``chunk_size``; mask: None or (N, D) bool; noise: None, (N, D) or (N, D, D).
+    """
+    per_point = "score_samples" if output == "score" else output
+
+    def split(a):
+        return None if a is None else a.reshape((-1, chunk_size) + a.shape[1:])
+
+    def one_chunk(chunk):
+        x, m, s = chunk
+        log_prob = incomplete_log_prob(x, m, s, params)
+        log_norm = jax.nn.logsumexp(log_prob, axis=1)
+        if m is not None:  # rows with no observed entry: exactly 0 (no information)
+            log_norm = jnp.where(jnp.any(m, axis=1), log_norm, 0.0)
+        return _chunk_output(per_point, log_prob - log_norm[:, None], log_norm)
+
+    with jax.default_matmul_precision("highest"):
+        out = jax.lax.map(one_chunk, (split(X), split(mask), split(noise)))
+    values = out.reshape((-1,) + out.shape[2:])
+    if output == "score":
+        return jnp.sum(sample_weight * values) / jnp.sum(sample_weight)
+    return values
+
+
+def evaluate_incomplete(params, X, mask, noise, output: str, sample_weight=None):
+    """:func:`evaluate_checked` for rows with missing entries and/or measurement noise.
+
+    Args:
+        params: checked parameters; X: (N, D) concrete host data (NaN where ``mask``
+            is False); mask: None or (N, D) bool, True where observed; noise: None or
+            checked (N, D) / (N, D, D) noise covariances; output: see
+            :func:`_evaluate_program`; sample_weight: (N,) for ``"score"``.
+
+    Returns:
+        The (N, ...) per-point output, or the () score. Rows with no observed entry
+        score 0 (they carry no information) and get the mixture weights as
+        probabilities.
+    """
+    dtype = params.means.dtype
+    n_samples, n_features = X.shape
+    max_chunk = chunk_size_for(
+        2**62, params.n_components, n_features, params.covariance_type, incomplete=True
+    )
+    n_rows, chunk = row_layout(n_samples, max_chunk)
+    pad = n_rows - n_samples
+
+    def padded(a, value=0):
+        if a is None or pad == 0:
+            return a
+        return np.concatenate([a, np.full((pad,) + a.shape[1:], value, a.dtype)])
+
+    X = np.where(np.isnan(X), 0.0, X) if mask is not None else X
+    X = jnp.asarray(padded(np.asarray(X, dtype)))
+    mask = None if mask is None else jnp.asarray(padded(mask, True))
+    noise = None if noise is None else jnp.asarray(padded(np.asarray(noise, dtype)))
+    if output == "score":
+        sample_weight = jnp.asarray(padded(np.asarray(sample_weight, dtype)))
+    out = _evaluate_incomplete_program(
+        params, X, mask, noise, sample_weight, output=output, chunk_size=chunk
+    )
+    return out if output == "score" else out[:n_samples]
 
 
 def evaluate_checked(
@@ -181,37 +311,56 @@ def _evaluate_sharded(params, X, output: str, sample_weight, sharding, max_chunk
     return unpad_sharded_rows(out, sharding, per_shard)
 
 
-def score_samples(params, X) -> jax.Array:
+def score_samples(params, X, *, nan_policy: str = "raise", noise_covariances=None) -> jax.Array:
     """Log-likelihood of each point under the mixture.
 
     Args:
         params: fitted :class:`GaussianMixtureParams` (or a :class:`FitResult`).
         X: (N, D) data.
+        nan_policy: what NaN entries mean: ``"raise"`` (default) refuses them;
+            ``"omit"`` gives rows with NaN a NaN score (with a warning);
+            ``"marginalize"`` scores each row's observed entries (the marginal density;
+            a row with no observed entry scores 0).
+        noise_covariances: None, or (N, D) / (N, D, D) measurement-noise covariances:
+            the density of the noisy observations, each component's covariance plus
+            the row's noise.
 
     Returns:
         (N,) log p(x_n).
     """
-    return _evaluate(params, X, "score_samples")
+    return _evaluate(params, X, "score_samples", None, nan_policy, noise_covariances)
 
 
-def score(params, X, sample_weight=None) -> jax.Array:
-    """Mean (optionally sample-weighted) log-likelihood per point; X: (N, D) -> ()."""
-    return _evaluate(params, X, "score", sample_weight)
+def score(
+    params, X, sample_weight=None, *, nan_policy: str = "raise", noise_covariances=None
+) -> jax.Array:
+    """Mean (optionally sample-weighted) log-likelihood per point; X: (N, D) -> ().
+
+    ``nan_policy`` and ``noise_covariances`` as in :func:`score_samples`; ``"omit"``
+    leaves rows with NaN out of the mean.
+    """
+    return _evaluate(params, X, "score", sample_weight, nan_policy, noise_covariances)
 
 
-def predict_proba(params, X) -> jax.Array:
+def predict_proba(params, X, *, nan_policy: str = "raise", noise_covariances=None) -> jax.Array:
     """Posterior probability of each component for each point; X: (N, D) -> (N, K).
 
     Rows sum to one to rounding even for points so far from every component that their
     log-densities are huge (|log p| ~ 1e6 in float32, where the log-normaliser itself
-    is rounded by more than 0.1).
+    is rounded by more than 0.1). ``nan_policy`` and ``noise_covariances`` as in
+    :func:`score_samples` (``"omit"``: NaN rows; ``"marginalize"``: given the observed
+    entries, the mixture weights for a row with none).
     """
-    return _evaluate(params, X, "predict_proba")
+    return _evaluate(params, X, "predict_proba", None, nan_policy, noise_covariances)
 
 
-def predict(params, X) -> jax.Array:
-    """Most probable component of each point; X: (N, D) -> (N,) int labels."""
-    return _evaluate(params, X, "predict")
+def predict(params, X, *, nan_policy: str = "raise", noise_covariances=None) -> jax.Array:
+    """Most probable component of each point; X: (N, D) -> (N,) int labels.
+
+    ``nan_policy`` and ``noise_covariances`` as in :func:`score_samples`
+    (``"omit"``: label -1 for rows with NaN).
+    """
+    return _evaluate(params, X, "predict", None, nan_policy, noise_covariances)
 
 
 def n_parameters(params) -> int:
@@ -222,37 +371,62 @@ def n_parameters(params) -> int:
     return int(cov + k * d + k - 1)
 
 
-def bic(params, X) -> jax.Array:
-    """Bayesian information criterion on X: (N, D) (lower is better); -> ()."""
-    mean_log_lik = score(params, X)  # validates X before its shape is used
-    n = np.shape(X)[0]
+def _scored_rows(X, nan_policy: str) -> int:
+    """N for the information criteria: the rows the score used."""
+    if nan_policy == "omit":
+        return int((~nan_rows(np.asarray(X))).sum())
+    return np.shape(X)[0]
+
+
+def bic(params, X, *, nan_policy: str = "raise") -> jax.Array:
+    """Bayesian information criterion on X: (N, D) (lower is better); -> ().
+
+    ``nan_policy`` as in :func:`score` (``"omit"``: N counts the rows without NaN).
+    """
+    mean_log_lik = score(params, X, nan_policy=nan_policy)  # validates X first
+    n = _scored_rows(X, nan_policy)
     return -2.0 * mean_log_lik * n + n_parameters(params) * math.log(n)
 
 
-def aic(params, X) -> jax.Array:
-    """Akaike information criterion on X: (N, D) (lower is better); -> ()."""
-    mean_log_lik = score(params, X)  # validates X before its shape is used
-    n = np.shape(X)[0]
+def aic(params, X, *, nan_policy: str = "raise") -> jax.Array:
+    """Akaike information criterion on X: (N, D) (lower is better); -> ().
+
+    ``nan_policy`` as in :func:`score`.
+    """
+    mean_log_lik = score(params, X, nan_policy=nan_policy)  # validates X first
+    n = _scored_rows(X, nan_policy)
     return -2.0 * mean_log_lik * n + 2.0 * n_parameters(params)
 
 
 @partial(jax.jit, static_argnames="n_samples")
-def _sample(params: GaussianMixtureParams, key: jax.Array, n_samples: int):
+def _sample(params: GaussianMixtureParams, key: jax.Array, n_samples: int, measurement=None):
     label_key, noise_key = jax.random.split(key)
     log_weights = jnp.log(params.weights)
     labels = jnp.sort(jax.random.categorical(label_key, log_weights, shape=(n_samples,)))
     z = jax.random.normal(noise_key, (n_samples, params.n_features), params.means.dtype)
     noise = covariance_model(params.covariance_type).scale_noise(z, labels, params.covariances)
-    return params.means[labels] + noise, labels
+    points = params.means[labels] + noise
+    if measurement is not None:  # independent draws from each row's noise covariance
+        z = jax.random.normal(jax.random.fold_in(noise_key, 1), points.shape, points.dtype)
+        if measurement.ndim == 2:
+            points = points + jnp.sqrt(measurement) * z
+        else:  # symmetric square root: also for singular (semi-definite) noise
+            values, vectors = jnp.linalg.eigh(measurement)
+            scaled = vectors * jnp.sqrt(jnp.maximum(values, 0.0))[:, None, :]
+            points = points + jnp.einsum("mde,me->md", scaled, z)
+    return points, labels
 
 
-def sample(params, n_samples: int = 1, key=0) -> tuple[jax.Array, jax.Array]:
-    """Draw points from the mixture.
+def sample(params, n_samples: int = 1, key=0, *, noise_covariances=None):
+    """Draw points from the mixture, optionally observed through measurement noise.
 
     Args:
         params: fitted parameters.
         n_samples: number of points M.
         key: an int seed or a JAX PRNG key.
+        noise_covariances: None, or (M, D) noise variances / (M, D, D) noise
+            covariances: point m then gets an independent N(0, S_m) error added (the
+            generative model that ``fit(..., noise_covariances=S)`` deconvolves).
 
     Returns:
         X: (M, D) points, grouped by component as in scikit-learn, and labels: (M,).
@@ -266,4 +440,9 @@ def sample(params, n_samples: int = 1, key=0) -> tuple[jax.Array, jax.Array]:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
     n_samples = int(n_samples)
     check_key(key)
-    return _sample(params, as_key(key), n_samples)
+    if noise_covariances is None:
+        return _sample(params, as_key(key), n_samples)
+    noise = check_noise_covariances(
+        noise_covariances, n_samples, params.n_features, "full", params.means.dtype
+    )
+    return _sample(params, as_key(key), n_samples, jnp.asarray(noise))

@@ -7,6 +7,13 @@ scikit-learn does:
 * ``k-means++``: responsibility one for each k-means++ seed point, zero elsewhere.
 * ``random``: uniform random responsibilities, normalised per point.
 * ``random_from_data``: responsibility one for K distinct random points.
+
+Rows with missing entries (``Rows.mask``, ``nan_policy="marginalize"``): k-means++
+and Lloyd use masked distances, over each row's observed coordinates only and scaled
+by D / (observed count) (the partial-distance rule), and Lloyd's centers average each
+coordinate over the assigned rows that observe it. Seeds are rows, whose missing
+entries hold their column's mean; the first M-step then uses those filled rows (EM's
+exact incomplete-data steps take over from the first iteration).
 """
 
 from __future__ import annotations
@@ -37,6 +44,21 @@ def _squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
         return sq
     sq = jnp.sum(X * X, axis=1)[:, None] - 2.0 * X @ centers.T + jnp.sum(centers**2, axis=1)
     return jnp.maximum(sq, 0.0)
+
+
+def _distances(X: jax.Array, mask: jax.Array | None, centers: jax.Array) -> jax.Array:
+    """Squared distances (C, K); with a mask, over observed coordinates, scaled to D.
+
+    ``mask``: None (plain :func:`_squared_distances`) or (C, D) bool. Rows with no
+    observed coordinate are at distance 0 from every center.
+    """
+    if mask is None:
+        return _squared_distances(X, centers)
+    m = mask.astype(X.dtype)
+    diff = (X[:, None, :] - centers[None]) * m[:, None, :]
+    n_obs = jnp.sum(m, axis=1)
+    scale = X.shape[1] / jnp.maximum(n_obs, 1.0)
+    return jnp.sum(diff * diff, axis=2) * scale[:, None]
 
 
 def _n_local_trials(n_clusters) -> jax.Array:
@@ -104,12 +126,16 @@ def kmeans_plusplus(
         centers: (K, D) the seed rows and their positions: (K,) int32.
     """
     X, w, index = rows.flat()  # X as stored: only drawn rows are read (centred)
+    masked = rows.mask is not None
     n_active = n_clusters if n_active is None else n_active
     max_trials = 2 + int(math.log(n_clusters))
     n_trials = _n_local_trials(n_active)
     first, first_index = draw_rows(jax.random.fold_in(key, 0), w, 1, X, index, reducer)
     first = rows.read(first)
-    closest = rows.map_chunks(lambda x: jnp.sum((x - first) ** 2, axis=1))
+    if rows.mask is None:
+        closest = rows.map_chunks(lambda x: jnp.sum((x - first) ** 2, axis=1))
+    else:
+        closest = rows.map_chunks(lambda x, m: _distances(x, m, first)[:, 0], masked=True)
 
     def add_seed(i, carry):
         centers, indices, closest = carry
@@ -120,7 +146,7 @@ def kmeans_plusplus(
             jax.random.fold_in(key, i), potential, max_trials, X, index, reducer
         )
         candidates = rows.read(candidates)
-        distances = rows.map_chunks(lambda x: _squared_distances(x, candidates))
+        distances = rows.map_chunks(lambda x, m=None: _distances(x, m, candidates), masked=masked)
         new_closest = jnp.minimum(closest[:, None], distances)
         cost = reducer.all_reduce(jnp.sum(w[:, None] * new_closest, axis=0))
         trials = jnp.arange(max_trials, dtype=jnp.int32)
@@ -160,9 +186,12 @@ def _top_rows_by_gumbel(key, rows: Rows, n_rows: int, reducer=IN_MEMORY):
     return rows.read(candidates[best]), candidate_index[best]
 
 
-def _masked_distances(X: jax.Array, centers: jax.Array, active: jax.Array | None) -> jax.Array:
-    """Squared distances (C, K), +inf to inactive (padding) centers."""
-    distances = _squared_distances(X, centers)
+def _masked_distances(
+    X: jax.Array, centers: jax.Array, active: jax.Array | None, mask: jax.Array | None = None
+) -> jax.Array:
+    """Squared distances (C, K) (over observed coordinates with a ``mask``, see
+    :func:`_distances`), +inf to inactive (padding) centers."""
+    distances = _distances(X, mask, centers)
     if active is None:
         return distances
     return jnp.where(active, distances, jnp.inf)
@@ -195,13 +224,16 @@ def kmeans_centers(
         centers, _, it = state
         rows, _, active = consts
 
-        def chunk_sums(Xc, wc, index):
-            labels = jnp.argmin(_masked_distances(Xc, centers, active), axis=1)
+        def chunk_sums(Xc, wc, index, mask=None, noise=None):
+            labels = jnp.argmin(_masked_distances(Xc, centers, active, mask), axis=1)
             onehot = jax.nn.one_hot(labels, n_clusters, dtype=Xc.dtype) * wc[:, None]
-            return jnp.sum(onehot, axis=0), _dot_chunk(onehot.T, Xc)
+            if mask is None:
+                return jnp.sum(onehot, axis=0)[:, None], _dot_chunk(onehot.T, Xc)
+            m = mask.astype(Xc.dtype)  # per-coordinate counts: observed entries only
+            return _dot_chunk(onehot.T, m), _dot_chunk(onehot.T, Xc * m)
 
-        counts, sums = reducer.sum(chunk_sums, rows)
-        new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centers)
+        counts, sums = reducer.sum(chunk_sums, rows, incomplete=rows.mask is not None)
+        new = jnp.where(counts > 0, sums / jnp.maximum(counts, 1e-30), centers)
         return new, jnp.sum((new - centers) ** 2), it + 1
 
     def keep_going(state, consts):
@@ -250,8 +282,8 @@ def initial_params(
         centers = kmeans_centers(key, rows, n_components, active, reducer)
         shift = centers
 
-        def resp_fn(X, index):
-            labels = jnp.argmin(_masked_distances(X, centers, active), axis=1)
+        def resp_fn(X, index, mask=None):
+            labels = jnp.argmin(_masked_distances(X, centers, active, mask), axis=1)
             return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
 
     elif init in ("k-means++", "random_from_data"):
@@ -261,12 +293,12 @@ def initial_params(
         else:
             shift, seeds = _top_rows_by_gumbel(key, rows, n_components, reducer)
 
-        def resp_fn(X, index):
+        def resp_fn(X, index, mask=None):
             return ((index[:, None] == seeds[None, :]) & is_active).astype(X.dtype)
 
     elif init == "random":
 
-        def resp_fn(X, index):
+        def resp_fn(X, index, mask=None):
             row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
             u = jax.vmap(lambda k: jax.random.uniform(k, (n_components,), X.dtype))(row_keys)
             u = jnp.where(is_active, u, 0.0)
@@ -275,8 +307,9 @@ def initial_params(
     else:
         raise ValueError(f"unknown init {init!r}; expected one of {INIT_METHODS}")
 
-    def one_chunk(X, w, index):
+    def one_chunk(X, w, index, mask=None, noise=None):
         # Hard assignments (or zero shift for "random"): one shift per row.
-        return assigned_stats(X, resp_fn(X, index), w, shift, covariance_type)
+        return assigned_stats(X, resp_fn(X, index, mask), w, shift, covariance_type)
 
-    return m_step(reducer.sum(one_chunk, rows), reg_covar, covariance_type, active)
+    stats = reducer.sum(one_chunk, rows, incomplete=rows.mask is not None)
+    return m_step(stats, reg_covar, covariance_type, active)

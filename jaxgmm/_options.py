@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxgmm._validation import check_chunk_size, check_options
+from jaxgmm._validation import check_chunk_size, check_nan_policy, check_options
 
 MATMUL_PRECISIONS = ("highest", "high", "default")
 ON_INTERRUPT = ("raise", "return")
@@ -30,6 +30,11 @@ class FitOptions:
             ``"raise"`` (the default) closes progress bars and raises it;
             ``"return"`` returns the last finished iteration's parameters, with
             ``Status.INTERRUPTED`` unless a restart had finished.
+        nan_policy: what NaN entries of X mean: ``"raise"`` (the default) refuses
+            them; ``"omit"`` drops the rows that hold any, with a warning giving their
+            count; ``"marginalize"`` treats them as missing at random and runs exact
+            EM for incomplete data (each row's likelihood is the marginal density of
+            its observed entries; see :mod:`jaxgmm._incomplete`).
     """
 
     covariance_type: str = "full"
@@ -41,6 +46,7 @@ class FitOptions:
     chunk_size: int | None = None
     matmul_precision: str = "highest"
     on_interrupt: str = "raise"
+    nan_policy: str = "raise"
 
     def check(self, n_components: int) -> FitOptions:
         """Raise ValueError/TypeError (with a fix) unless every option is valid; -> self."""
@@ -54,6 +60,7 @@ class FitOptions:
             self.init,
         )
         check_chunk_size(self.chunk_size)
+        check_nan_policy(self.nan_policy)
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise ValueError(
                 f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "

@@ -34,7 +34,11 @@ class Rows:
         weight: (N_chunks, C) non-negative sample weights; padding rows have 0.
         index: (N_chunks, C) int32 position of each row in the caller's data, so that
             per-row random draws do not depend on padding or on how rows are sharded.
-        mask: reserved for missing values (None: every entry observed).
+        mask: None (every entry observed), or (N_chunks, C, D) bool, True where the
+            entry is observed (missing entries are stored as the column's mean, so
+            passes that ignore the mask read them as about 0 once centred).
+        noise: None, or the rows' known measurement-noise covariances: (N_chunks, C, D)
+            diagonal or (N_chunks, C, D, D) full (see :mod:`jaxgmm._incomplete`).
         offset: None, or (D,) subtracted from every row as it is read (the data's
             centre): the centred rows are never stored as a second (N, D) array.
     """
@@ -44,6 +48,12 @@ class Rows:
     index: jax.Array
     mask: jax.Array | None = None
     offset: jax.Array | None = None
+    noise: jax.Array | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the rows carry a missing-value mask or noise covariances (static)."""
+        return self.mask is not None or self.noise is not None
 
     @property
     def n_features(self) -> int:
@@ -70,12 +80,18 @@ class Rows:
             self.index.reshape(-1),
         )
 
-    def map_chunks(self, fn: Callable) -> jax.Array:
+    def map_chunks(self, fn: Callable, masked: bool = False) -> jax.Array:
         """``fn(x)`` for every chunk of rows as read, concatenated; (C, D) -> (C, ...)
-        per chunk, (N, ...) in all. Only one chunk is read at a time."""
+        per chunk, (N, ...) in all. Only one chunk is read at a time. With ``masked``,
+        ``fn(x, mask)`` gets the chunk's (C, D) mask too."""
+        if not masked:
+            if self.x.shape[0] == 1:
+                return fn(self.read(self.x[0]))
+            out = jax.lax.map(lambda x: fn(self.read(x)), self.x)
+            return out.reshape((-1,) + out.shape[2:])
         if self.x.shape[0] == 1:
-            return fn(self.read(self.x[0]))
-        out = jax.lax.map(lambda x: fn(self.read(x)), self.x)
+            return fn(self.read(self.x[0]), self.mask[0])
+        out = jax.lax.map(lambda c: fn(self.read(c[0]), c[1]), (self.x, self.mask))
         return out.reshape((-1,) + out.shape[2:])
 
     def chunks(self) -> tuple[jax.Array, ...]:
@@ -84,22 +100,41 @@ class Rows:
         return (self.x, self.weight, self.index)
 
 
-def split_rows(X: jax.Array, weight: jax.Array, index: jax.Array, chunk_size: int) -> Rows:
+def split_rows(
+    X: jax.Array,
+    weight: jax.Array,
+    index: jax.Array,
+    chunk_size: int,
+    mask: jax.Array | None = None,
+    noise: jax.Array | None = None,
+) -> Rows:
     """Chunk (N, D) rows with N a multiple of ``chunk_size`` into :class:`Rows`.
 
     Args:
         X: (N, D) rows; weight: (N,); index: (N,) int32 row positions.
         chunk_size: rows per chunk C (divides N).
+        mask: None or (N, D) bool (True: observed); noise: None, (N, D) or (N, D, D).
 
     Returns:
         :class:`Rows` with (N / C, C, ...) arrays.
     """
     n_chunks = X.shape[0] // chunk_size
+
+    def split(a):
+        return None if a is None else a.reshape((n_chunks, chunk_size) + a.shape[1:])
+
     return Rows(
-        x=X.reshape(n_chunks, chunk_size, X.shape[1]),
+        x=split(X),
         weight=weight.reshape(n_chunks, chunk_size),
         index=index.reshape(n_chunks, chunk_size).astype(jnp.int32),
+        mask=split(mask),
+        noise=split(noise),
     )
+
+
+def _first(chunks: tuple) -> tuple:
+    """The first chunk of each stored array (None stays None)."""
+    return tuple(None if a is None else a[0] for a in chunks)
 
 
 def add(total, new):
@@ -113,22 +148,27 @@ def add(total, new):
 class InMemory:
     """Every row is in this program: sums run as a scan over chunks."""
 
-    def sum(self, fn: Callable, rows: Rows):
+    def sum(self, fn: Callable, rows: Rows, *, incomplete: bool = False):
         """Sum ``fn(x (C, D), weight (C,), index (C,))`` over every chunk of ``rows``
-        (``x`` as :meth:`Rows.read` gives it)."""
+        (``x`` as :meth:`Rows.read` gives it).
 
-        def read_chunk(x, weight, index):
-            return fn(rows.read(x), weight, index)
+        With ``incomplete``, ``fn`` also gets the chunk's ``mask`` (C, D) and ``noise``
+        ((C, D), (C, D, D) or None), :class:`Rows`' missing-value and noise fields.
+        """
 
+        def read_chunk(x, weight, index, *extra):
+            return fn(rows.read(x), weight, index, *extra)
+
+        chunks = rows.chunks() + ((rows.mask, rows.noise) if incomplete else ())
         if rows.x.shape[0] == 1:
-            return self.all_reduce(read_chunk(*(a[0] for a in rows.chunks())))
-        shapes = jax.eval_shape(read_chunk, *(a[0] for a in rows.chunks()))
+            return self.all_reduce(read_chunk(*_first(chunks)))
+        shapes = jax.eval_shape(read_chunk, *_first(chunks))
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def add_chunk(total, chunk):
             return add(total, read_chunk(*chunk)), None
 
-        total, _ = jax.lax.scan(add_chunk, zeros, rows.chunks())
+        total, _ = jax.lax.scan(add_chunk, zeros, chunks)
         return self.all_reduce(total)
 
     def all_reduce(self, tree):

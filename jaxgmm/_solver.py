@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxgmm._batching import cond_any
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
+from jaxgmm._incomplete import incomplete_e_step
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, InMemory, Rows
 
@@ -54,6 +55,23 @@ class EM:
         """
         model = covariance_model(params.covariance_type)
         reducer = self.reducer
+        if rows.incomplete:
+            # Missing entries or measurement noise (static: the rows' structure): the
+            # exact expected statistics of jaxgmm._incomplete, around the current means.
+            if model.expanded_density and rows.noise is None:
+                # diag/spherical with holes: matrix products unless components sit far
+                # from the centre for their spread (then the elementwise exact pass).
+                stats = cond_any(
+                    needs_exact_e_step(params),
+                    lambda rows, p: incomplete_e_step(rows, p, reducer),
+                    lambda rows, p: incomplete_e_step(rows, p, reducer, expanded=True),
+                    rows,
+                    params,
+                )
+            else:
+                stats = incomplete_e_step(rows, params, reducer)
+            new_params = m_step(stats, self.reg_covar, params.covariance_type, self.active)
+            return new_params, stats.log_lik_sum / stats.n
         if model.expanded_density:
             # The fused kernels expand (x - mu)^2 around the data's centre; tight
             # components far from it (float32) take the exact difference-based pass.

@@ -132,21 +132,25 @@ def _check_finite_on_devices(values: jax.Array, name: str, advice: str) -> None:
 
 
 _DATA_NON_FINITE_ADVICE = (
-    "jaxgmm has no missing-data support: drop the rows that contain them (e.g. "
-    "X[np.isfinite(X).all(axis=1)]) or impute them (e.g. sklearn.impute.SimpleImputer) first."
+    "Missing values (NaN) need nan_policy: nan_policy='omit' drops the rows that contain "
+    "them, nan_policy='marginalize' fits and scores them exactly over their observed "
+    "entries (the default nan_policy='raise' refuses them). Infinite values are never "
+    "accepted."
 )
+_INF_ADVICE = "Replace infinite values by finite numbers, or by NaN for missing values."
 
 
 # ---------------------------------------------------------------------------- data
 
 
-def check_data_array(X, name: str = "X", n_features: int | None = None):
+def check_data_array(X, name: str = "X", n_features: int | None = None, allow_nan: bool = False):
     """Validate (N, D) data, keeping the input's own precision.
 
     Args:
         X: array-like (N, D) of real numbers; object arrays of numbers are converted.
         name: the argument's name, for messages.
         n_features: if given, the D the data must have (e.g. the D seen at fit time).
+        allow_nan: accept NaN (missing values); +-inf is still refused.
 
     Returns:
         A numpy array in the input's dtype (concrete input) or the tracer itself.
@@ -180,7 +184,11 @@ def check_data_array(X, name: str = "X", n_features: int | None = None):
             f"{n_features}. Pass data with the same columns as at fit time."
         )
     if not is_traced(array):
-        _check_finite(array, name, _DATA_NON_FINITE_ADVICE)
+        if allow_nan and np.issubdtype(array.dtype, np.inexact):
+            xp = jnp if isinstance(array, jax.Array) else np
+            _check_finite(xp.where(xp.isnan(array), 0, array), name, _INF_ADVICE)
+        else:
+            _check_finite(array, name, _DATA_NON_FINITE_ADVICE)
     return array
 
 
@@ -654,3 +662,177 @@ def mark_checked(params: GaussianMixtureParams) -> GaussianMixtureParams:
     """Record that ``params`` (concrete JAX arrays) describe a valid mixture; returns it."""
     object.__setattr__(params, _CHECKED, True)
     return params
+
+
+# ------------------------------------------------------------ missing values, noise
+
+NAN_POLICIES = ("raise", "omit", "marginalize")
+
+
+def check_nan_policy(nan_policy) -> None:
+    """Raise ValueError unless ``nan_policy`` is one of :data:`NAN_POLICIES`."""
+    if not isinstance(nan_policy, str) or nan_policy not in NAN_POLICIES:
+        raise ValueError(
+            f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}: 'raise' refuses "
+            "NaN, 'omit' drops rows with any NaN, 'marginalize' uses every observed entry "
+            "(exact EM for incomplete data)."
+        )
+
+
+def check_concrete_for_nan_policy(values, nan_policy: str, noise) -> None:
+    """Raise TypeError for traced or row-sharded data with missing-value options.
+
+    ``nan_policy`` other than ``"raise"`` and noise covariances look at the values of
+    X on the host, so they need concrete, unsharded arrays.
+    """
+    if nan_policy == "raise" and noise is None:
+        return
+    what = "noise_covariances" if noise is not None else f"nan_policy={nan_policy!r}"
+    if any(is_traced(v) for v in jax.tree_util.tree_leaves(values)):
+        raise TypeError(
+            f"{what} needs concrete data: it finds the missing entries on the host, so it "
+            "cannot run inside jax.jit, jax.vmap or jax.grad. Call it outside, or fill "
+            "the missing values first."
+        )
+
+
+def nan_rows(X) -> np.ndarray:
+    """(N,) bool: rows of concrete (N, D) data with at least one NaN."""
+    X = np.asarray(X)
+    if not np.issubdtype(X.dtype, np.inexact):
+        return np.zeros(X.shape[0], bool)
+    return np.isnan(X).any(axis=1)
+
+
+def omit_nan_rows(X, name: str = "X", *others):
+    """Drop the rows of X that hold NaN, warning with their count.
+
+    Args:
+        X: (N, D) concrete data; name: for messages; others: None or arrays with a
+            leading (N,) axis (weights, noise) to drop the same rows from.
+
+    Returns:
+        (X kept, *others kept); raises ValueError when no row is left.
+    """
+    drop = nan_rows(X)
+    n_drop = int(drop.sum())
+    if n_drop == 0:
+        return (X, *others)
+    if n_drop == X.shape[0]:
+        raise ValueError(
+            f"Every row of {name} contains NaN, so nan_policy='omit' leaves no data; use "
+            "nan_policy='marginalize' to use the observed entries of each row."
+        )
+    warnings.warn(
+        f"nan_policy='omit': dropped {n_drop} of {X.shape[0]} rows of {name} that contain NaN.",
+        UserWarning,
+        stacklevel=3,
+    )
+    keep = ~drop
+    kept = [None if a is None else (np.asarray(a)[keep]) for a in others]
+    return (np.asarray(X)[keep], *kept)
+
+
+def missing_mask(X, sample_weight, name: str = "X"):
+    """The observed-entry mask of data with NaN, and the data with NaN filled.
+
+    Missing entries are filled with their column's weighted mean of observed entries
+    (so passes that ignore the mask, such as centring, see the observed means), and
+    rows with no observed entry get weight zero.
+
+    Args:
+        X: (N, D) concrete data (NaN = missing); sample_weight: (N,) checked weights.
+
+    Returns:
+        (X filled, mask (N, D) bool True where observed, or None when nothing is
+        missing, sample_weight with empty rows zeroed).
+
+    Raises:
+        ValueError: a column has no observed entry (with positive weight).
+    """
+    X = np.asarray(X)
+    if not np.issubdtype(X.dtype, np.inexact):
+        return X, None, sample_weight
+    observed = ~np.isnan(X)
+    if observed.all():
+        return X, None, sample_weight
+    weights = np.asarray(sample_weight, np.float64)
+    column_weight = weights @ observed
+    empty = np.flatnonzero(column_weight <= 0)
+    if empty.size:
+        raise ValueError(
+            f"{name} column{'s' if empty.size > 1 else ''} {', '.join(map(str, empty[:10]))} "
+            f"{'have' if empty.size > 1 else 'has'} no observed entry (all NaN, or only in "
+            "zero-weight rows), so nothing can be learnt about "
+            f"{'them' if empty.size > 1 else 'it'}. Drop such columns first."
+        )
+    means = (weights @ np.where(observed, X, 0.0).astype(np.float64)) / column_weight
+    filled = np.where(observed, X, means.astype(X.dtype))
+    weight = np.where(observed.any(axis=1), np.asarray(sample_weight), 0)
+    return filled, observed, weight.astype(np.asarray(sample_weight).dtype)
+
+
+def check_noise_covariances(noise, n_samples: int, n_features: int, covariance_type: str, dtype):
+    """Validate known per-row measurement-noise covariances.
+
+    Args:
+        noise: (N, D) diagonal noise variances or (N, D, D) noise covariance matrices,
+            symmetric non-negative definite, finite.
+        n_samples, n_features: N and D of the data; covariance_type: the model's.
+        dtype: the compute dtype.
+
+    Returns:
+        The noise as a numpy array in ``dtype``.
+
+    Raises:
+        ValueError: wrong shape, NaN/inf, negative variances, non-symmetric or
+            indefinite matrices, or a covariance type that cannot deconvolve this noise.
+    """
+    if is_traced(noise):
+        raise TypeError("noise_covariances must be a concrete array, not a traced value.")
+    noise = _as_numeric_numpy(noise, "noise_covariances").astype(np.float64)
+    diagonal_shape, full_shape = (n_samples, n_features), (n_samples, n_features, n_features)
+    if noise.shape not in (diagonal_shape, full_shape):
+        raise ValueError(
+            f"noise_covariances must have shape {diagonal_shape} (one diagonal of noise "
+            f"variances per row) or {full_shape} (one noise covariance matrix per row), got "
+            f"{noise.shape}."
+        )
+    _check_finite(noise, "noise_covariances", "Noise covariances must be finite.")
+    diagonal = noise.ndim == 2
+    supported = covariance_model(covariance_type).noise_kinds
+    if ("diagonal" if diagonal else "full") not in supported:
+        need = (
+            "covariance_type='full' or 'diag' with diagonal (N, D) noise"
+            if diagonal
+            else "covariance_type='full' (or diagonal (N, D) noise with 'diag')"
+        )
+        raise ValueError(
+            f"Measurement noise (extreme deconvolution) of shape {noise.shape} is not "
+            f"supported with covariance_type={covariance_type!r}: use {need}."
+        )
+    if diagonal:
+        if (noise < 0).any():
+            first = tuple(int(i) for i in np.argwhere(noise < 0)[0])
+            raise ValueError(
+                f"noise_covariances has {int((noise < 0).sum())} negative variance(s), the "
+                f"first at {_position(first)}; noise variances must be >= 0."
+            )
+        return noise.astype(dtype)
+    asymmetry = np.abs(noise - np.swapaxes(noise, 1, 2)).max(axis=(1, 2))
+    scale = np.abs(noise).max(axis=(1, 2))
+    bad = np.flatnonzero(asymmetry > 1e-8 * np.maximum(scale, 1e-300))
+    if bad.size:
+        raise ValueError(
+            f"noise_covariances matrix {bad[0]} is not symmetric ({bad.size} such rows); "
+            "pass (S + S.swapaxes(1, 2)) / 2."
+        )
+    lowest = np.linalg.eigvalsh(noise).min(axis=1)
+    bad = np.flatnonzero(lowest < -1e-8 * np.maximum(scale, 1e-300))
+    if bad.size:
+        raise ValueError(
+            f"noise_covariances matrix {bad[0]} has a negative eigenvalue "
+            f"({lowest[bad[0]]:.3g}); noise covariances must be non-negative definite "
+            f"({bad.size} such rows)."
+        )
+    return noise.astype(dtype)

@@ -207,6 +207,19 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, default_restarts: int =
         default="float32",
         help="precision of the computation (default: float32)",
     )
+    _add_nan_policy_option(group)
+
+
+def _add_nan_policy_option(parser) -> None:
+    from jaxgmm._validation import NAN_POLICIES
+
+    parser.add_argument(
+        "--nan-policy",
+        choices=NAN_POLICIES,
+        default="raise",
+        help="missing values (empty cells, nan): 'raise' refuses them, 'omit' drops their "
+        "rows, 'marginalize' uses every observed entry (exact EM) (default: raise)",
+    )
 
 
 def _add_progress_option(parser: argparse.ArgumentParser) -> None:
@@ -323,8 +336,36 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="columns to write: label, log_likelihood and proba_0..proba_{K-1} (default: all)",
     )
+    _add_nan_policy_option(predict)
     _add_data_options(predict)
     predict.set_defaults(handler=_cmd_predict)
+
+    impute = commands.add_parser(
+        "impute",
+        help="fill the missing values of a file with a saved model",
+        description="Write FILE with every missing value (empty cell or nan) replaced by "
+        "its conditional expectation given the row's observed values under the model "
+        "(--method sample: one draw from the conditional distribution), as CSV.",
+        epilog="example: jaxgmm fit ratings.csv -k 3 --nan-policy marginalize -o model.npz\n"
+        "         jaxgmm impute model.npz ratings.csv -o filled.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    impute.add_argument("model", type=Path, metavar="MODEL", help="a model saved by jaxgmm")
+    impute.add_argument("file", type=Path, metavar="FILE", help="data: .csv, .tsv, .txt or .npy")
+    impute.add_argument(
+        "-o", "--output", type=Path, metavar="CSV", help="write here (default: stdout)"
+    )
+    impute.add_argument(
+        "--method",
+        choices=("mean", "sample"),
+        default="mean",
+        help="conditional mean, or one conditional draw (default: mean)",
+    )
+    impute.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of --method sample (default: 0)"
+    )
+    _add_data_options(impute)
+    impute.set_defaults(handler=_cmd_impute)
 
     plot = commands.add_parser(
         "plot",
@@ -546,11 +587,14 @@ def _use_dtype(dtype: str) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
-def _check_finite_data(data: _Data, source: Path) -> None:
+def _check_finite_data(data: _Data, source: Path, nan_policy: str = "raise") -> None:
     """Reuse the library's validation, with the file's name in the message."""
-    from jaxgmm._validation import check_data
+    from jaxgmm._validation import check_data, check_data_array
 
-    check_data(data.X, name=str(source))
+    if nan_policy == "raise":
+        check_data(data.X, name=str(source))
+    else:
+        check_data_array(data.X, name=str(source), allow_nan=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -581,6 +625,7 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
         n_init=args.restarts,
         init=args.init,
         key=args.seed,
+        nan_policy=args.nan_policy,
     )
 
 
@@ -589,8 +634,13 @@ def _fit_trial(X: np.ndarray, k: int, options: dict[str, Any], progress: bool | 
     from jaxgmm._progress import progress_enabled
 
     start = time.perf_counter()
+    nan_policy = options.get("nan_policy", "raise")
+    if nan_policy == "omit":  # dropped once here (fit would warn on every K)
+        X = X[~np.isnan(X).any(axis=1)]
+        options = dict(options, nan_policy="raise")
     result = jaxgmm.fit(X, k, progress=progress_enabled(progress), **options)
-    log_lik = float(jaxgmm.score(result.params, X)) * X.shape[0]
+    log_lik = float(jaxgmm.score(result.params, X, nan_policy=options.get("nan_policy", "raise")))
+    log_lik *= X.shape[0]
     seconds = time.perf_counter() - start
     n_params = jaxgmm.n_parameters(result.params)
     return _Trial(
@@ -786,7 +836,7 @@ def _draw(path: str, trial: _Trial, data: _Data, trials: list[_Trial] | None, ti
         }
     fig = plot.summary_figure(
         trial.result.params,
-        data.X,
+        data.X[~np.isnan(data.X).any(axis=1)],  # complete rows only
         history=trial.result.history,
         criteria=criteria,
         title=title,
@@ -809,8 +859,20 @@ def _plot_path(value: str | None, source: Path, suffix: str) -> str | None:
 def _prepare(args: argparse.Namespace) -> _Data:
     _use_dtype(args.dtype)
     data = _read_data(args, dtype=args.dtype)
-    _check_finite_data(data, args.file)
+    _check_finite_data(data, args.file, args.nan_policy)
     print(f"Read {data.description}.")
+    n_missing = int(np.isnan(data.X).sum())
+    if n_missing:
+        rows = int(np.isnan(data.X).any(axis=1).sum())
+        what = "dropping those rows" if args.nan_policy == "omit" else "using observed entries"
+        print(
+            f"{n_missing} missing values in {rows} rows (--nan-policy {args.nan_policy}: {what})."
+        )
+    if args.nan_policy == "omit" and n_missing:
+        X = data.X[~np.isnan(data.X).any(axis=1)]
+        if X.shape[0] == 0:
+            raise CLIError(f"every row of {args.file} has a missing value; nothing is left.")
+        data = dataclasses.replace(data, X=X)
     return data
 
 
@@ -864,10 +926,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_model_and_data(args: argparse.Namespace):
+def _load_model_and_data(args: argparse.Namespace, allow_nan: bool = False):
     """The saved model and FILE's rows (its columns picked by name when it can)."""
     from jaxgmm import io
-    from jaxgmm._validation import check_data
+    from jaxgmm._validation import check_data, check_data_array
 
     meta = io.load_metadata(args.model)
     _use_dtype(meta["dtype"])
@@ -875,7 +937,10 @@ def _load_model_and_data(args: argparse.Namespace):
     user = meta.get("user") or {}
     columns = user.get("columns") if isinstance(user, dict) else None
     data = _read_data(args, dtype=meta["dtype"], model_columns=columns)
-    check_data(data.X, name=str(args.file), n_features=params.n_features)
+    if allow_nan:
+        check_data_array(data.X, name=str(args.file), n_features=params.n_features, allow_nan=True)
+    else:
+        check_data(data.X, name=str(args.file), n_features=params.n_features)
     print(f"Read {data.description}.", file=sys.stderr)
     return meta, params, data
 
@@ -898,21 +963,22 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import jaxgmm
 
-    meta, params, data = _load_model_and_data(args)
+    meta, params, data = _load_model_and_data(args, allow_nan=args.nan_policy != "raise")
     k = params.n_components
+    policy = dict(nan_policy=args.nan_policy)
     header, blocks, formats = [], [], []
     float_fmt = "%.9g" if meta["dtype"] == "float32" else "%.17g"
     if args.what in ("all", "labels"):
         header.append("label")
-        blocks.append(np.asarray(jaxgmm.predict(params, data.X))[:, None])
+        blocks.append(np.asarray(jaxgmm.predict(params, data.X, **policy))[:, None])
         formats.append("%d")
     if args.what in ("all", "log-likelihood"):
         header.append("log_likelihood")
-        blocks.append(np.asarray(jaxgmm.score_samples(params, data.X))[:, None])
+        blocks.append(np.asarray(jaxgmm.score_samples(params, data.X, **policy))[:, None])
         formats.append(float_fmt)
     if args.what in ("all", "proba"):
         header.extend(f"proba_{j}" for j in range(k))
-        blocks.append(np.asarray(jaxgmm.predict_proba(params, data.X)))
+        blocks.append(np.asarray(jaxgmm.predict_proba(params, data.X, **policy)))
         formats.extend([float_fmt] * k)
     table = np.concatenate([b.astype(np.float64) for b in blocks], axis=1)
     lines = [",".join(header)]
@@ -923,6 +989,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         _write_atomically(args.output, lambda tmp: Path(tmp).write_text(text))
         print(f"Wrote {table.shape[0]} rows to {args.output}.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_impute(args: argparse.Namespace) -> int:
+    import jaxgmm
+
+    meta, params, data = _load_model_and_data(args, allow_nan=True)
+    filled = np.asarray(
+        jaxgmm.impute(params, data.X, method=args.method, key=args.seed), np.float64
+    )
+    float_fmt = "%.9g" if meta["dtype"] == "float32" else "%.17g"
+    lines = [",".join(data.columns)] if data.header else []
+    lines.extend(",".join(float_fmt % v for v in row) for row in filled)
+    text = "\n".join(lines) + "\n"
+    n_missing = int(np.isnan(data.X).sum())
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        _write_atomically(args.output, lambda tmp: Path(tmp).write_text(text))
+        print(
+            f"Filled {n_missing} missing values; wrote {filled.shape[0]} rows to {args.output}.",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -15,6 +15,9 @@ Data sets (``names()``):
 * ``"mixture_1d"``: 500 x 1, three components; CSV with a header line.
 * ``"mixture_5d"``: 1000 x 5, four components with randomly rotated full
   covariances (drawn from the set's seed); CSV with a header line.
+
+:func:`ratings` is a small users x items matrix of 1-5 ratings with missing entries
+(``data/ratings.csv``, empty cells), for the missing-value examples.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "generate",
     "load",
     "names",
+    "ratings",
     "sample_mixture",
     "write",
 ]
@@ -373,3 +377,48 @@ def write(name: str, folder: Path) -> tuple[Path, Path]:
     lines = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in meta.items()]
     meta_path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
     return path, meta_path
+
+
+RATINGS_ITEMS = ("drama", "comedy", "action", "horror", "romance", "documentary")
+RATINGS_SEED = 4242
+
+
+def ratings(n_users: int = 200, missing: float = 0.35, seed: int = RATINGS_SEED):
+    """A ratings-like matrix with holes: users x items, 1-5 stars, NaN where unrated.
+
+    Three kinds of users (weights 0.5, 0.3, 0.2) like different genres; each user's
+    ratings are their kind's mean plus correlated noise, rounded and clipped to 1..5;
+    then ``missing`` of the entries (at random) are removed. Deterministic in ``seed``.
+
+    Args:
+        n_users: rows N; missing: fraction of entries set to NaN; seed: numpy seed.
+
+    Returns:
+        (ratings (N, 6) float64 with NaN, complete (N, 6) float64 before removal,
+        kind (N,) int): the observed matrix, the full one, each user's kind.
+    """
+    rng = np.random.default_rng(seed)
+    means = np.array(
+        [
+            [4.2, 2.5, 2.0, 1.5, 4.0, 3.8],  # drama and romance
+            [2.5, 4.3, 4.0, 3.0, 2.5, 2.0],  # comedy and action
+            [2.0, 3.0, 4.2, 4.5, 1.5, 2.5],  # action and horror
+        ]
+    )
+    kind = rng.choice(3, size=n_users, p=[0.5, 0.3, 0.2])
+    mixing = 0.6 * np.eye(6) + 0.25 * rng.standard_normal((3, 6, 6)) / np.sqrt(6)
+    noise = np.einsum("nd,nde->ne", rng.standard_normal((n_users, 6)), mixing[kind])
+    complete = np.clip(np.rint(means[kind] + noise), 1, 5)
+    observed = complete.copy()
+    observed[rng.random(complete.shape) < missing] = np.nan
+    return observed, complete, kind
+
+
+def write_ratings(folder: Path) -> Path:
+    """Write :func:`ratings` to ``folder / "ratings.csv"`` (empty cells = missing)."""
+    observed, _, _ = ratings()
+    lines = [",".join(RATINGS_ITEMS)]
+    lines += [",".join("" if np.isnan(v) else str(int(v)) for v in row) for row in observed]
+    path = Path(folder) / "ratings.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path

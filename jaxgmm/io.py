@@ -374,7 +374,8 @@ def read_data(
 
     Text files: blank lines and lines starting with ``#`` are skipped; the delimiter
     (comma, tab, semicolon, pipe, else whitespace) and a header line are detected
-    unless given. ``.npy`` files are read with ``allow_pickle=False``; a 1-D array is
+    unless given. Empty cells and ``nan`` are missing values, read as NaN (fit them
+    with ``nan_policy``). ``.npy`` files are read with ``allow_pickle=False``; a 1-D array is
     one feature.
 
     Args:
@@ -387,8 +388,8 @@ def read_data(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        DataFileError: the file is empty, binary, ragged, or has a non-numeric or
-            empty cell; the message names the line and column.
+        DataFileError: the file is empty, binary, ragged, or has a non-numeric
+            cell; the message names the line and column.
     """
     path = Path(path)
     if not path.exists():
@@ -452,11 +453,8 @@ def _parse_slowly(path: Path, rows, delimiter, n_columns: int, header: bool) -> 
                 "every row needs the same number of values."
             )
         for column, field in enumerate(fields, start=1):
-            if field == "":
-                raise DataFileError(
-                    f"{str(path)!r} line {line_number}, column {column} is empty; jaxgmm "
-                    "cannot fit missing values: remove or impute them first."
-                )
+            if field == "":  # a missing value: NaN (see nan_policy)
+                continue
             if not _is_number(field):
                 hint = ""
                 if _is_number(field.replace(",", ".", 1)):
@@ -465,7 +463,7 @@ def _parse_slowly(path: Path, rows, delimiter, n_columns: int, header: bool) -> 
                     f"{str(path)!r} line {line_number}, column {column}: {field!r} is not "
                     f"a number{hint}."
                 )
-        values.append([float(field) for field in fields])
+        values.append([float(field) if field else np.nan for field in fields])
     return np.asarray(values, dtype=np.float64).reshape(len(rows), n_columns)
 
 

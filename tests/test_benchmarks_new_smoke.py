@@ -1,6 +1,6 @@
-"""Smoke tests of the compile-loop, latency and real-data benchmarks' --quick mode: each
-runs and writes its table (no timing assertions: performance is checked by running the
-benchmarks, never by unit tests)."""
+"""Smoke tests of the compile-loop, latency, real-data and missing-values benchmarks'
+--quick mode: each runs and writes its table (no timing assertions: performance is
+checked by running the benchmarks, never by unit tests)."""
 
 import sys
 from pathlib import Path
@@ -70,3 +70,12 @@ def test_bench_blocks_quick_writes_table(tmp_path, monkeypatch):
     assert "| workload | fit | blocks ms | one program ms | overhead |" in text
     assert "| W1 | full, N=2,000, D=16, K=16, 40 iterations (tol=0) |" in text
     assert (tmp_path / "bench_blocks.json").exists()
+
+
+def test_bench_missing_quick_writes_table(tmp_path, monkeypatch):
+    bench = _import_benchmark("bench_missing", monkeypatch)
+    path = bench.main(["--quick", "--out", str(tmp_path)])
+    text = path.read_text()
+    assert "| covariance | data | complete ms / iter | marginalize ms / iter |" in text
+    assert "| full |" in text and "| diag |" in text
+    assert (tmp_path / "bench_missing.json").exists()

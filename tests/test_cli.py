@@ -423,3 +423,37 @@ def test_subprocess_bad_input_is_one_line_without_traceback(env, workdir):
         assert done.returncode == 1
         assert done.stdout == ""
         assert_one_line_error(done.returncode, done.stderr, pattern)
+
+
+# ---------------------------------------------------------------- missing values
+
+
+def test_missing_cells_fit_with_marginalize_and_impute(workdir):
+    """Empty cells and ``nan`` are missing; fit --nan-policy marginalize, then impute."""
+    X = X32[:120].copy()
+    rng = np.random.default_rng(0)
+    X[rng.random(X.shape) < 0.15] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 1.0
+    lines = ["x,y"]
+    for i, row in enumerate(X):
+        cells = ["" if np.isnan(v) else repr(float(v)) for v in row]
+        if i == 3:
+            cells[1] = "nan"
+            X[3, 1] = np.nan
+        lines.append(",".join(cells))
+    data = workdir / "holes.csv"
+    data.write_text("\n".join(lines) + "\n")
+    code, out, err = run("fit", data, "-k", "2")
+    assert_one_line_error(code, err, "nan_policy")
+    model = workdir / "holes.npz"
+    code, out, err = run("fit", data, "-k", "2", "--nan-policy", "marginalize", "-o", model)
+    assert code == 0, err
+    assert "missing values" in out
+    expected = jaxgmm.fit(X, 2, key=0, nan_policy="marginalize")
+    np.testing.assert_allclose(io.load(model).means, expected.params.means, rtol=1e-5)
+    filled = workdir / "filled.csv"
+    code, out, err = run("impute", model, data, "-o", filled)
+    assert code == 0, err
+    table = np.loadtxt(filled, delimiter=",", skiprows=1)
+    np.testing.assert_allclose(table, jaxgmm.impute(io.load(model), X), rtol=1e-6)
+    assert filled.read_text().splitlines()[0] == "x,y"

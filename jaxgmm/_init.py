@@ -168,6 +168,40 @@ def _masked_distances(X: jax.Array, centers: jax.Array, active: jax.Array | None
     return jnp.where(active, distances, jnp.inf)
 
 
+def nearest_center(X: jax.Array, centers: jax.Array, active: jax.Array | None) -> jax.Array:
+    """One-hot (C, K) assignment of each row to its nearest active center."""
+    labels = jnp.argmin(_masked_distances(X, centers, active), axis=1)
+    return jax.nn.one_hot(labels, centers.shape[0], dtype=X.dtype)
+
+
+def lloyd_sums(X, weight, centers, active) -> tuple[jax.Array, jax.Array]:
+    """One chunk's part of a Lloyd step: (counts (K,), sums (K, D)) per nearest center.
+
+    Args:
+        X: (C, D) rows; weight: (C,); centers: (K, D); active: None or (K,) bool.
+    """
+    onehot = nearest_center(X, centers, active) * weight[:, None]
+    return jnp.sum(onehot, axis=0), _dot_chunk(onehot.T, X)
+
+
+def lloyd_update(centers: jax.Array, counts: jax.Array, sums: jax.Array) -> jax.Array:
+    """New centers (K, D) from summed :func:`lloyd_sums`; empty clusters stay put."""
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centers)
+
+
+def lloyd_tolerance(mean_variance: jax.Array) -> jax.Array:
+    """Lloyd's stopping threshold on the summed squared center shift."""
+    return _LLOYD_TOL * mean_variance
+
+
+def random_responsibilities(key, index, n_components: int, is_active, dtype) -> jax.Array:
+    """Uniform random responsibilities (C, K) from per-row keys ``fold_in(key, index)``."""
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (n_components,), dtype))(row_keys)
+    u = jnp.where(is_active, u, 0.0)
+    return u / jnp.sum(u, axis=1, keepdims=True)
+
+
 def kmeans_centers(
     key: jax.Array,
     rows: Rows,
@@ -187,7 +221,7 @@ def kmeans_centers(
     sum_x, total = reducer.sum(lambda x, w, i: (w @ x, jnp.sum(w)), rows)
     mean = sum_x / total
     sum_sq = reducer.sum(lambda x, w, i: w @ ((x - mean) ** 2), rows)
-    tol = _LLOYD_TOL * jnp.mean(sum_sq / total)
+    tol = lloyd_tolerance(jnp.mean(sum_sq / total))
 
     # Everything the loop uses goes through consts: compacting_while_loop's batched
     # form must not close over traced values.
@@ -196,12 +230,9 @@ def kmeans_centers(
         rows, _, active = consts
 
         def chunk_sums(Xc, wc, index):
-            labels = jnp.argmin(_masked_distances(Xc, centers, active), axis=1)
-            onehot = jax.nn.one_hot(labels, n_clusters, dtype=Xc.dtype) * wc[:, None]
-            return jnp.sum(onehot, axis=0), _dot_chunk(onehot.T, Xc)
+            return lloyd_sums(Xc, wc, centers, active)
 
-        counts, sums = reducer.sum(chunk_sums, rows)
-        new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centers)
+        new = lloyd_update(centers, *reducer.sum(chunk_sums, rows))
         return new, jnp.sum((new - centers) ** 2), it + 1
 
     def keep_going(state, consts):
@@ -251,8 +282,7 @@ def initial_params(
         shift = centers
 
         def resp_fn(X, index):
-            labels = jnp.argmin(_masked_distances(X, centers, active), axis=1)
-            return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
+            return nearest_center(X, centers, active)
 
     elif init in ("k-means++", "random_from_data"):
         if init == "k-means++":
@@ -267,10 +297,7 @@ def initial_params(
     elif init == "random":
 
         def resp_fn(X, index):
-            row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
-            u = jax.vmap(lambda k: jax.random.uniform(k, (n_components,), X.dtype))(row_keys)
-            u = jnp.where(is_active, u, 0.0)
-            return u / jnp.sum(u, axis=1, keepdims=True)
+            return random_responsibilities(key, index, n_components, is_active, X.dtype)
 
     else:
         raise ValueError(f"unknown init {init!r}; expected one of {INIT_METHODS}")

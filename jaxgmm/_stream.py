@@ -203,6 +203,7 @@ class _Passes:
         self.progress = progress
         self.offset = None
         self.center = None
+        self._shapes: dict = {}
 
     def chunks(self, description: str, dtype=None):
         """One pass's chunks (in ``dtype``, default the compute dtype), read ahead on a
@@ -237,18 +238,21 @@ class _Passes:
             x, w = jax.device_put(chunk.x), jax.device_put(chunk.weight)  # ahead of use
             start = jnp.asarray(_wrapped_int32(chunk.start), jnp.int32)
             m, s = (members, shared) if per_chunk is None else per_chunk(chunk)
-            if total is None:
-                shapes = jax.eval_shape(
-                    partial(_chunk_sums, kind=kind, **self.static),
-                    None,
-                    x,
-                    w,
-                    start,
-                    self.center,
-                    m,
-                    s,
+            if total is None:  # zeros of the pass's totals (their shapes traced once)
+                if kind not in self._shapes:
+                    self._shapes[kind] = jax.eval_shape(
+                        partial(_chunk_sums, kind=kind, **self.static),
+                        None,
+                        x,
+                        w,
+                        start,
+                        self.center,
+                        m,
+                        s,
+                    )
+                total = jax.tree_util.tree_map(
+                    lambda a: np.zeros(a.shape, a.dtype), self._shapes[kind]
                 )
-                total = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
             if pending is not None:  # at most one chunk computing while the next is copied
                 jax.block_until_ready(pending)
             total = _chunk_sums(total, x, w, start, self.center, m, s, kind=kind, **self.static)
@@ -446,8 +450,10 @@ def _initialise(passes: _Passes, scan: _Scan, options: dict, keys, inits, reg_co
                 shift = _stream_lloyd(passes, shift, scan)
             stats = passes.run("kmeans", (shift, seeds), None, description="init")
         else:
-            # Seeds are sample rows: their global positions, as positions in each chunk.
-            sample_index = np.asarray(scan.sample_index)[np.asarray(seeds)]
+            # Seeds are sample rows, named by their (wrapped) global positions: as
+            # positions within each chunk.
+            wrapped = {_wrapped_int32(int(i)): int(i) for i in scan.sample_index}
+            sample_index = np.vectorize(wrapped.__getitem__, otypes=[np.int64])(np.asarray(seeds))
 
             def per_chunk(chunk):
                 local = sample_index - chunk.start

@@ -180,7 +180,11 @@ def _chunk_sums(
         rows = split_rows(x, weight, index, chunk_size).centred(center)
         fn = _pass_function(kind, covariance_type, n_components)
         elements = restart_elements(chunk_size, x.shape[1], n_components, covariance_type)
-        part = map_in_groups(lambda m: fn(rows, m, shared, start), members, elements)
+        if jax.tree_util.tree_leaves(members)[0].shape[0] == 1:  # one restart: unbatched
+            one = fn(rows, jax.tree_util.tree_map(lambda a: a[0], members), shared, start)
+            part = jax.tree_util.tree_map(lambda a: a[None], one)
+        else:
+            part = map_in_groups(lambda m: fn(rows, m, shared, start), members, elements)
         if total is None:  # (shapes only: the zeros the first chunk is added to)
             return part
         return jax.vmap(add)(total, part)

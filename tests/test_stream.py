@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _data() -> np.ndarray:
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-3.0, 5.0, 2.0]])
-    X = np.concatenate([rng.normal(size=(400, 3)) * s + c for c, s in zip(centres, (1, 0.7, 1.3))])
+    scales = (1.0, 0.7, 1.3)
+    X = np.concatenate(
+        [rng.normal(size=(400, 3)) * s + c for c, s in zip(centres, scales, strict=True)]
+    )
     return X[rng.permutation(len(X))]
 
 
@@ -295,3 +298,37 @@ def test_progress_bars(npy, capsys):
     jaxgmm.fit_stream(npy, K, chunk_rows=CHUNK, max_iter=2, progress=True, **start)
     err = capsys.readouterr().err
     assert "rows" in err and "EM" in err
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_command_line_stream(npy, tmp_path):
+    """``jaxgmm fit FILE --stream -k K``: fit_stream's fit, summarised and saved."""
+    import contextlib
+    import io
+
+    from jaxgmm.cli import main
+
+    def run(*args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return code, out.getvalue(), err.getvalue()
+
+    model = tmp_path / "model.npz"
+    code, out, err = run(
+        "fit", npy, "--stream", "-k", K, "--chunk-rows", CHUNK, "-c", "diag", "-o", model
+    )
+    assert code == 0, err
+    expected = jaxgmm.fit_stream(npy, K, chunk_rows=CHUNK, covariance_type="diag")
+    assert "Streaming 1200 rows x 3 columns" in out
+    assert f"{float(expected.lower_bound):.4f} per point" in out
+    saved = jaxgmm.load(model)
+    np.testing.assert_allclose(saved.means, expected.params.means, rtol=1e-12)
+    code, _, err = run("fit", npy, "--stream")
+    assert code == 1 and "give -k K" in err
+    csv = tmp_path / "x.csv"
+    np.savetxt(csv, X[:10], delimiter=",")
+    code, _, err = run("fit", csv, "--stream", "-k", K)
+    assert code == 1 and "--stream reads .npy files" in err

@@ -59,9 +59,11 @@ def write_npy(path: Path, n: int, d: int = D, k: int = K, seed: int = 0) -> None
         for start in range(0, n, step):
             m = min(step, n - start)
             labels = rng.integers(0, k, size=m)
-            z = rng.standard_normal((m, d), dtype=np.float32)
-            block = np.einsum("nd,nde->ne", z, mixing[labels].astype(np.float32))
-            f.write((block + centres[labels].astype(np.float32)).astype("<f4").tobytes())
+            block = rng.standard_normal((m, d), dtype=np.float32)
+            for j in range(k):  # one small matrix product per component
+                rows = labels == j
+                block[rows] = block[rows] @ mixing[j].astype(np.float32) + centres[j]
+            f.write(block.astype("<f4").tobytes())
 
 
 def start_params(path: Path) -> dict:
@@ -229,7 +231,7 @@ def main(argv=None) -> Path:
     args = parser.parse_args(argv)
     info = machine_info()
     if args.quick:
-        n, memory_n, subset, a, b, repeats = 60_000, 60_000, 20_000, 1, 2, 1
+        n, memory_n, subset, a, b, repeats = 20_000, 20_000, 10_000, 1, 2, 1
     else:
         n, memory_n, subset, a, b, repeats = 100_000_000, 50_000_000, SUBSET, 1, 3, 1
     n, memory_n = args.n or n, args.memory_n or memory_n

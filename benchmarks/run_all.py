@@ -22,6 +22,7 @@ from benchmarks import (
     bench_realdata,
     bench_restarts,
     bench_sharded,
+    bench_stream,
 )
 from benchmarks._common import RESULTS_DIR, base_parser
 
@@ -36,6 +37,7 @@ SCRIPTS = {
     "realdata": bench_realdata,
     "sharded": bench_sharded,
     "online": bench_online,
+    "stream": bench_stream,
 }
 
 

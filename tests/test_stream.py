@@ -227,7 +227,7 @@ def test_source_changing_between_passes_is_caught():
 def test_interrupt_between_chunks():
     """Ctrl-C while a pass reads: "return" gives the last finished iteration's result
     (INTERRUPTED), "raise" raises with n_iter set."""
-    start = _user_start("full")
+    start = _user_start("diag")
     calls = []
 
     def interrupted():
@@ -237,31 +237,48 @@ def test_interrupt_between_chunks():
             raise KeyboardInterrupt
         yield X[CHUNK:]
 
-    result = jaxgmm.fit_stream(
-        interrupted, K, chunk_rows=CHUNK, tol=0.0, on_interrupt="return", **start
-    )
+    options = dict(covariance_type="diag", chunk_rows=CHUNK, tol=0.0, **start)
+    result = jaxgmm.fit_stream(interrupted, K, on_interrupt="return", **options)
     assert int(result.status) == Status.INTERRUPTED
     assert int(result.n_iter) == 3
-    expected = jaxgmm.fit(X, K, max_iter=3, tol=0.0, **start)
+    expected = jaxgmm.fit(X, K, covariance_type="diag", max_iter=3, tol=0.0, **start)
     np.testing.assert_allclose(result.params.means, expected.params.means, rtol=1e-9)
     calls.clear()
     with pytest.raises(KeyboardInterrupt) as info:
-        jaxgmm.fit_stream(interrupted, K, chunk_rows=CHUNK, tol=0.0, **start)
+        jaxgmm.fit_stream(interrupted, K, **options)
     assert info.value.n_iter == 3
+
+
+def _slow_source(path, delay):
+    """A callable source over the .npy file, sleeping ``delay`` s per chunk."""
+    rows = np.load(path)
+
+    def chunks():
+        for start in range(0, len(rows), CHUNK):
+            time.sleep(delay)
+            yield rows[start : start + CHUNK]
+
+    return chunks
 
 
 def test_checkpoint_resumes_after_kill(npy, tmp_path):
     """A fit killed (SIGKILL) after it wrote its checkpoint, run again, ends with the
     uninterrupted fit's result."""
     checkpoint = tmp_path / "fit.ckpt.npz"
+    options = dict(covariance_type="diag", chunk_rows=CHUNK, tol=0.0, **_user_start("diag"))
     script = textwrap.dedent(
         f"""
+        import sys
         import jax
         jax.config.update("jax_enable_x64", True)
         import numpy as np
         import jaxgmm
-        jaxgmm.fit_stream({str(npy)!r}, {K}, covariance_type="diag", chunk_rows={CHUNK},
-                          tol=0.0, max_iter=400, checkpoint={str(checkpoint)!r}, key=4)
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_stream import _slow_source, _user_start
+        options = dict(covariance_type="diag", chunk_rows={CHUNK}, tol=0.0,
+                       **_user_start("diag"))
+        jaxgmm.fit_stream(_slow_source({str(npy)!r}, 0.02), {K},
+                          checkpoint={str(checkpoint)!r}, **options)
         """
     )
     child = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
@@ -277,25 +294,25 @@ def test_checkpoint_resumes_after_kill(npy, tmp_path):
                     n_iter = 0
                 if n_iter >= 2:
                     break
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert child.poll() is None, "the fit ended before it could be killed"
         child.send_signal(signal.SIGKILL)
     finally:
         child.kill()
         child.wait(timeout=30)
-    assert n_iter >= 2
-    options = dict(covariance_type="diag", chunk_rows=CHUNK, tol=0.0, max_iter=400, key=4)
-    resumed = jaxgmm.fit_stream(npy, K, checkpoint=checkpoint, **options)
-    uninterrupted = jaxgmm.fit_stream(npy, K, **options)
-    assert int(resumed.n_iter) == 400
+    assert 2 <= n_iter < 100
+    source = _slow_source(npy, 0.0)
+    resumed = jaxgmm.fit_stream(source, K, checkpoint=checkpoint, **options)
+    uninterrupted = jaxgmm.fit_stream(source, K, **options)
+    assert int(resumed.n_iter) == 100
     assert_same_fit(resumed, uninterrupted, rtol=1e-12)
     with pytest.raises(ValueError, match="different fit"):
-        jaxgmm.fit_stream(npy, K, checkpoint=checkpoint, **dict(options, max_iter=300))
+        jaxgmm.fit_stream(source, K, checkpoint=checkpoint, **dict(options, tol=1e-3))
 
 
 def test_progress_bars(npy, capsys):
-    start = _user_start("full")
-    jaxgmm.fit_stream(npy, K, chunk_rows=CHUNK, max_iter=2, progress=True, **start)
+    start = _user_start("diag")
+    jaxgmm.fit_stream(npy, K, covariance_type="diag", chunk_rows=CHUNK, progress=True, **start)
     err = capsys.readouterr().err
     assert "rows" in err and "EM" in err
 

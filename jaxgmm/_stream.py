@@ -752,6 +752,16 @@ def fit_stream(
         if precise_input:  # centred on the host in float64 before the cast, as fit does
             passes.offset = mean
             passes.center = jnp.zeros(n_features, dtype)
+            inits = check_initial_params(
+                weights_init,
+                means_init,
+                precisions_init,
+                covariance_type,
+                n_components,
+                n_features,
+                dtype,
+                means_offset=mean,
+            )
         else:
             passes.center = jnp.asarray(mean.astype(dtype))
         keys = restart_keys(key, n_init)

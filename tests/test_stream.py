@@ -146,6 +146,25 @@ def test_sources_agree(npy):
     assert_same_fit(by_argument, expected)
 
 
+def test_exact_moment_pass(npy, monkeypatch):
+    """When the fused moments lose precision (forced here for every iteration), an extra
+    exact pass recomputes them, as fit does: still fit's answer (which never needed it)."""
+    calls = []
+
+    def always_lost(stats, params):
+        calls.append(1)
+        return jax.numpy.asarray(True)
+
+    monkeypatch.setattr(jaxgmm._stream, "lost_precision", always_lost)
+    start = _user_start("diag")
+    expected = jaxgmm.fit(X, K, covariance_type="diag", max_iter=5, tol=0.0, **start)
+    result = jaxgmm.fit_stream(
+        npy, K, covariance_type="diag", chunk_rows=CHUNK, max_iter=5, tol=0.0, **start
+    )
+    assert calls  # traced once
+    assert_same_fit(result, expected)
+
+
 def test_sampled_init_reaches_fits_optimum(npy, monkeypatch, diag_optimum):
     """With a 300-row sample, k-means (on the sample, then Lloyd over the stream) and
     k-means++ seeds from the sample reach fit's optimum on these separated clusters."""

@@ -35,7 +35,6 @@ from benchmarks._common import (
     call_in_child,
     machine_info,
     markdown_table,
-    per_iteration,
     publish,
     report_heading,
 )
@@ -88,36 +87,57 @@ def read_once(path: Path) -> float:
 
 
 def measure_speed(spec: dict) -> dict:
-    """Streamed and in-memory seconds per iteration, and the read time (this process)."""
+    """Streamed and in-memory seconds per iteration, and the read time, in rounds.
+
+    Each round times, in turn: reading the file once, ``fit_stream`` with ``max_iter``
+    a and b, and ``fit`` on the in-memory subset with a and b; the per-round ratio
+    cancels slow changes of the machine's load.
+    """
+    import jax
+
     import jaxgmm
 
     path = Path(spec["path"])
     start = start_params(path)
     a, b = spec["a"], spec["b"]
-
-    def streamed(max_iter: int):
-        return jaxgmm.fit_stream(path, K, max_iter=max_iter, tol=0.0, **start).params.means
-
-    # Compile on the small file (its chunks have the big file's shape), then time.
-    for max_iter in (a, b):
-        jaxgmm.fit_stream(spec["small"], K, max_iter=max_iter, tol=0.0, **start)
-    read_s = [read_once(path) for _ in range(spec["read_repeats"])]
-    stream = per_iteration(streamed, a, b, spec["repeats"], warmup=False)
-    read_s += [read_once(path) for _ in range(spec["read_repeats"])]
     subset = min(spec["subset"], spec["n"])
     X = np.load(path, mmap_mode="r")[:subset].copy()
 
-    def in_memory(max_iter: int):
-        return jaxgmm.fit(X, K, max_iter=max_iter, tol=0.0, **start).params.means
+    def streamed(max_iter: int):
+        result = jaxgmm.fit_stream(path, K, max_iter=max_iter, tol=0.0, **start)
+        return jax.block_until_ready(result.params.means)
 
-    memory = per_iteration(in_memory, a, b, spec["repeats"])
-    return {
-        "n": spec["n"],
-        "subset": subset,
-        "stream": stream,
-        "in_memory_subset": memory,
-        "read_s": read_s,
-    }
+    def in_memory(max_iter: int):
+        result = jaxgmm.fit(X, K, max_iter=max_iter, tol=0.0, **start)
+        return jax.block_until_ready(result.params.means)
+
+    # Compile: the small file's chunks have the big file's shape; the subset itself.
+    for max_iter in (a, b):
+        jaxgmm.fit_stream(spec["small"], K, max_iter=max_iter, tol=0.0, **start)
+        in_memory(max_iter)
+    rounds = []
+    for _ in range(spec["rounds"]):
+        read = read_once(path)
+        times = {}
+        for name, fn in (("stream", streamed), ("memory", in_memory)):
+            for max_iter in (a, b):
+                began = time.perf_counter()
+                fn(max_iter)
+                times[name, max_iter] = time.perf_counter() - began
+        stream = (times["stream", b] - times["stream", a]) / (b - a)
+        memory = (times["memory", b] - times["memory", a]) / (b - a) * spec["n"] / subset
+        rounds.append(
+            {
+                "read_s": read,
+                "stream_per_iter_s": stream,
+                "stream_a_s": times["stream", a],
+                "stream_b_s": times["stream", b],
+                "memory_scaled_per_iter_s": memory,
+                "ratio": stream / max(read, memory),
+            }
+        )
+    median = {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
+    return {"n": spec["n"], "subset": subset, "a": a, "b": b, "rounds": rounds, "median": median}
 
 
 def _status_kib(field: str) -> int:
@@ -152,23 +172,21 @@ def measure_memory(spec: dict) -> dict:
 
 def render(info: dict, speed: dict, memory: dict, quick: bool, folder: str) -> str:
     """The Markdown report."""
-    n, subset = speed["n"], speed["subset"]
-    per_iter = speed["stream"]["per_iter_s"]
-    read = float(np.median(speed["read_s"]))
-    scaled = speed["in_memory_subset"]["per_iter_s"] * n / subset
-    bound = max(read, scaled)
-    ratio = per_iter / bound if bound > 0 else float("nan")
+    n, subset, median = speed["n"], speed["subset"], speed["median"]
+    per_iter, read = median["stream_per_iter_s"], median["read_s"]
+    scaled, ratio = median["memory_scaled_per_iter_s"], median["ratio"]
     extra = memory["peak_hwm_mib"] - memory["baseline_hwm_mib"]
     full_size = n >= 100_000_000
     lines = [
         *report_heading("# W5: data beyond memory (streamed EM from disk)", info, quick),
         f"`fit_stream` on an N x {D} float32 `.npy` file in {folder}, K={K}, full "
         "covariances, from given initial parameters; seconds per iteration from fits "
-        f"with max_iter {speed['stream']['a']} and {speed['stream']['b']} (tol 0). (a): "
-        "reading the file once with the same chunked reader (median of runs before and "
-        "after; the file is in the page cache, as it is for the fit's passes). (b): "
+        f"with max_iter {speed['a']} and {speed['b']} (tol 0). (a): "
+        "reading the file once with the same chunked reader (the file is in the page "
+        "cache, as it is for the fit's passes). (b): "
         f"`jaxgmm.fit` per iteration on the first {subset:,} rows in memory, times "
-        f"N / {subset:,}.",
+        f"N / {subset:,}. Medians of {len(speed['rounds'])} rounds, each timing all "
+        "of them in turn; the ratio is the median of the rounds' ratios.",
         "",
     ]
     if not full_size:
@@ -233,7 +251,7 @@ def main(argv=None) -> Path:
     if args.quick:
         n, memory_n, subset, a, b, repeats = 20_000, 20_000, 10_000, 1, 2, 1
     else:
-        n, memory_n, subset, a, b, repeats = 100_000_000, 50_000_000, SUBSET, 1, 3, 1
+        n, memory_n, subset, a, b, repeats = 100_000_000, 50_000_000, SUBSET, 1, 3, 3
     n, memory_n = args.n or n, args.memory_n or memory_n
     folder = Path(tempfile.mkdtemp(prefix="jaxgmm-w5-", dir=args.dir))
     env = dict(os.environ)
@@ -249,10 +267,9 @@ def main(argv=None) -> Path:
                 n=n,
                 a=a,
                 b=b,
-                repeats=repeats,
+                rounds=repeats,
                 small=str(small),
                 subset=subset,
-                read_repeats=1 if args.quick else 2,
             ),
             env=env,
             timeout=6 * 3600,

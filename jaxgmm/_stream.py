@@ -284,43 +284,41 @@ class _Scan:
     sample_index: np.ndarray | None = None
     sample_priority: np.ndarray | None = None
 
-    def add(self, rows: np.ndarray, weight: np.ndarray, start: int, rng, n_sample: int):
-        """Fold one chunk's real rows (float64 on the host) into the scan."""
-        x = rows.astype(np.float64, copy=False)
-        if self.pivot is None:
-            self.pivot = x[0].copy()
-            self.sum_x = np.zeros(x.shape[1])
-            self.sum_sq = np.zeros(x.shape[1])
-            self.lo, self.hi = x.min(axis=0), x.max(axis=0)
-        d = x - self.pivot
-        self.sum_x += weight @ d
-        self.sum_sq += weight @ (d * d)
-        self.total_weight += float(weight.sum())
-        self.n_positive += int((weight > 0).sum())
-        self.n_rows += len(x)
-        self.lo = np.minimum(self.lo, x.min(axis=0))
-        self.hi = np.maximum(self.hi, x.max(axis=0))
-        if n_sample:
-            # Bottom-k of uniform priorities: a uniform sample without replacement
-            # whatever the chunking (one draw per row, in row order).
-            priority = rng.random(len(x))
-            priority[weight <= 0] = np.inf
-            index = np.arange(start, start + len(x))
-            if self.sample_x is None:
-                keep_x, keep_w, keep_i, keep_p = x, weight, index, priority
-            else:
-                keep_x = np.concatenate([self.sample_x, x])
-                keep_w = np.concatenate([self.sample_w, weight])
-                keep_i = np.concatenate([self.sample_index, index])
-                keep_p = np.concatenate([self.sample_priority, priority])
-            if len(keep_p) > n_sample:
-                best = np.argpartition(keep_p, n_sample - 1)[:n_sample]
-                best.sort()
-                keep_x, keep_w, keep_i, keep_p = (a[best] for a in (keep_x, keep_w, keep_i, keep_p))
-            else:  # only rows of this pass so far: copy the chunk's views
-                keep_x = np.array(keep_x)
-            self.sample_x, self.sample_w = keep_x, keep_w
-            self.sample_index, self.sample_priority = keep_i, keep_p
+    def add_moments(self, moments) -> None:
+        """Fold one chunk's :func:`_chunk_moments` into the totals (float64)."""
+        total, sum_x, sum_sq, lo, hi, n_positive = (np.asarray(m, np.float64) for m in moments)
+        if self.sum_x is None:
+            self.sum_x, self.sum_sq, self.lo, self.hi = sum_x, sum_sq, lo, hi
+        else:
+            self.sum_x, self.sum_sq = self.sum_x + sum_x, self.sum_sq + sum_sq
+            self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+        self.total_weight += float(total)
+        self.n_positive += int(n_positive)
+
+    def add_sample(self, x: np.ndarray, weight: np.ndarray, start: int, rng, n_sample: int):
+        """Keep the rows with the n_sample smallest uniform priorities seen so far.
+
+        Bottom-k of one uniform draw per row (in row order): a uniform sample without
+        replacement, whatever the chunking. Zero-weight rows are never preferred.
+        """
+        priority = rng.random(len(x))
+        priority[weight <= 0] = np.inf
+        index = np.arange(start, start + len(x))
+        if self.sample_x is None:
+            keep_x, keep_w, keep_i, keep_p = x, weight, index, priority
+        else:
+            keep_x = np.concatenate([self.sample_x, x])
+            keep_w = np.concatenate([self.sample_w, weight])
+            keep_i = np.concatenate([self.sample_index, index])
+            keep_p = np.concatenate([self.sample_priority, priority])
+        if len(keep_p) > n_sample:
+            best = np.argpartition(keep_p, n_sample - 1)[:n_sample]
+            best.sort()
+            keep_x, keep_w, keep_i, keep_p = (a[best] for a in (keep_x, keep_w, keep_i, keep_p))
+        else:  # only rows of this pass so far: copy the chunk's views
+            keep_x, keep_w = np.array(keep_x), np.array(keep_w)
+        self.sample_x, self.sample_w = keep_x, keep_w
+        self.sample_index, self.sample_priority = keep_i, keep_p
 
     @property
     def mean(self) -> np.ndarray:
@@ -334,13 +332,51 @@ class _Scan:
         return float(np.mean(np.maximum(self.sum_sq / self.total_weight - shift**2, 0.0)))
 
 
-def _scan(passes: _Passes, n_components: int, n_sample_max: int, seed) -> _Scan:
-    """The first pass: counts, centre, spread, range checks and the seeding sample."""
+def _chunk_moments(x, weight, pivot, xp=jnp):
+    """One chunk's (sum w, sum w (x - pivot), sum w (x - pivot)^2, min, max, #w > 0).
+
+    Padding rows copy a real row and have weight 0, so they change nothing.
+    """
+    d = x - pivot
+    wd = weight[:, None] * d
+    return (
+        xp.sum(weight),
+        xp.sum(wd, axis=0),
+        xp.sum(wd * d, axis=0),
+        xp.min(x, axis=0),
+        xp.max(x, axis=0),
+        xp.sum(weight > 0),
+    )
+
+
+_device_moments = jax.jit(_chunk_moments)
+
+
+def _scan(passes: _Passes, n_components: int, n_sample_max: int, seed, precise: bool) -> _Scan:
+    """The first pass: counts, centre, spread, range checks and the seeding sample.
+
+    The moments of each chunk are summed on the device in the compute dtype (the
+    chunks' sums then in float64 on the host), or, for input more precise than the
+    compute dtype, in float64 on the host.
+    """
     scan = _Scan()
     rng = np.random.default_rng(seed)
-    for chunk in passes.chunks("scan", np.float64):  # raw rows, float64
+    moments = []
+    pivot = None
+    for chunk in passes.chunks("scan", np.float64 if precise else None):
         n = chunk.n_rows
-        scan.add(chunk.x[:n], chunk.weight[:n], chunk.start, rng, n_sample_max)
+        if pivot is None:
+            scan.pivot = chunk.x[0].astype(np.float64)
+            pivot = chunk.x[0].copy()
+        if precise:
+            moments.append(_chunk_moments(chunk.x[:n], chunk.weight[:n], pivot, np))
+        else:
+            moments.append(_device_moments(chunk.x, chunk.weight, pivot))
+        scan.n_rows += n
+        if n_sample_max:
+            scan.add_sample(chunk.x[:n], chunk.weight[:n], chunk.start, rng, n_sample_max)
+    for m in jax.device_get(moments):
+        scan.add_moments(m)
     check_n_samples(scan.n_rows, n_components)
     if scan.total_weight <= 0:
         raise ValueError("every sample weight is zero; at least one row needs weight > 0.")
@@ -742,7 +778,7 @@ def fit_stream(
         user_only = all(a is not None for a in inits)
         n_sample = 0 if user_only or init == "random" else sample_size(2**62, n_components)
         # The scan reads raw rows (no offset yet); the sample is capped below.
-        scan = _scan(passes, n_components, n_sample, _key_words(key))
+        scan = _scan(passes, n_components, n_sample, _key_words(key), precise_input)
         if n_sample:
             _trim_sample(scan, n_components)
         _check_range(scan.lo, scan.hi, (scan.n_rows, n_features), dtype, precise_input, "the data")

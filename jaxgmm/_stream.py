@@ -11,9 +11,10 @@ the exact pass :func:`jaxgmm._em.lost_precision` asks for, as ``fit`` does).
 
 Passes of a fit:
 
-1. a scan: row count, weighted centre and variance (float64 on the host), range
-   checks, and a uniform sample of :func:`sample_size` rows (bottom-k of per-row
-   random priorities, so it does not depend on the chunk size);
+1. a scan: row count, weighted centre and variance (each chunk's sums on the device,
+   their totals in float64 on the host), range checks, and a uniform sample of
+   :func:`sample_size` rows (bottom-k of per-row random priorities, so it does not
+   depend on the chunk size);
 2. initialisation: k-means++ / ``random_from_data`` seeds and k-means (Lloyd) run on
    the sample in memory; ``kmeans`` then continues Lloyd over the stream (one pass
    per step) until the centres move less than k-means' tolerance; one more pass gives
@@ -677,7 +678,8 @@ def fit_stream(
             an array-like with ``.shape``, ``.dtype`` and row slicing (a NumPy memmap,
             a zarr array, an h5py dataset), or a zero-argument callable returning a
             fresh iterator of (rows, D) arrays, or (rows, weights) pairs, for every
-            pass (it must give the same rows each time).
+            pass (it must give the same rows each time; it is called once more to
+            look at the first chunk's width).
         n_components: K.
         chunk_rows: rows read per chunk; default about 2**22 values per chunk
             (524 288 rows for D = 8).

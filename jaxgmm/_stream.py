@@ -28,9 +28,7 @@ After every iteration the loop states are checkpointed (write, then rename).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 from functools import partial
 
 import jax
@@ -39,6 +37,7 @@ import numpy as np
 
 from jaxgmm._batching import map_in_groups
 from jaxgmm._buckets import first_rows, history_length
+from jaxgmm._checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import _apply_user_init, best_restart, restart_elements, restart_keys
 from jaxgmm._em import exact_e_step, lost_precision, m_step
@@ -80,7 +79,6 @@ from jaxgmm._validation import (
 CHUNK_VALUES = 2**22
 # Lloyd steps over the stream (after k-means has converged on the sample).
 _LLOYD_MAX_PASSES = 300
-_CHECKPOINT_VERSION = 1
 
 
 def sample_size(n_rows: int, n_components: int) -> int:
@@ -372,6 +370,8 @@ def _scan(passes: _Passes, n_components: int, n_sample_max: int, seed, precise: 
         if precise:
             moments.append(_chunk_moments(chunk.x[:n], chunk.weight[:n], pivot, np))
         else:
+            if moments:  # one chunk computing at a time: memory stays a few chunks
+                jax.block_until_ready(moments[-1])
             moments.append(_device_moments(chunk.x, chunk.weight, pivot))
         scan.n_rows += n
         if n_sample_max:
@@ -402,8 +402,9 @@ def _device_sample(scan: _Scan, center: np.ndarray, dtype, chunk_size: int):
     x[n:] = x[:1]
     w = np.zeros(n_pad, dtype)
     w[:n] = scan.sample_w
-    index = np.zeros(n_pad, np.int32)
-    index[:n] = [_wrapped_int32(int(i)) for i in scan.sample_index]
+    # Rows are named by their position in the sample (the global position when the
+    # sample holds every row, as fit names them).
+    index = np.arange(n_pad, dtype=np.int32)
     return x, w, index, chunk
 
 
@@ -491,10 +492,8 @@ def _initialise(passes: _Passes, scan: _Scan, options: dict, keys, inits, reg_co
                 shift = _stream_lloyd(passes, shift, scan)
             stats = passes.run("kmeans", (shift, seeds), None, description="init")
         else:
-            # Seeds are sample rows, named by their (wrapped) global positions: as
-            # positions within each chunk.
-            wrapped = {_wrapped_int32(int(i)): int(i) for i in scan.sample_index}
-            sample_index = np.vectorize(wrapped.__getitem__, otypes=[np.int64])(np.asarray(seeds))
+            # Seeds are sample rows: their global positions, as positions in each chunk.
+            sample_index = np.asarray(scan.sample_index)[np.asarray(seeds)]
 
             def per_chunk(chunk):
                 local = sample_index - chunk.start
@@ -568,69 +567,6 @@ def _result(states: LoopState, center, max_iter):
     """The best restart so far (restarts still running are INTERRUPTED)."""
     statuses = jax.vmap(lambda s: status(s, max_iter))(states)
     return best_restart(states, statuses, center)
-
-
-# --------------------------------------------------------------------- checkpoints
-
-
-def _fingerprint(options: dict, stream: ChunkStream, key) -> dict:
-    """What must match for a checkpoint to belong to this fit."""
-    return {
-        "version": _CHECKPOINT_VERSION,
-        "options": {k: v for k, v in options.items() if k != "on_interrupt"},
-        "n_rows": stream.n_rows,
-        "n_features": stream.n_features,
-        "key": _key_words(key).tolist(),
-    }
-
-
-def _save_checkpoint(path: str, fingerprint: dict, states, center, offset, first) -> None:
-    """Write the loop states atomically: a temporary file, then ``os.replace``."""
-    leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(states)]
-    meta = dict(fingerprint, first=list(first) if first is not None else None)
-    arrays = {f"leaf{i}": a for i, a in enumerate(leaves)}
-    arrays["center"] = np.asarray(center)
-    if offset is not None:
-        arrays["offset"] = np.asarray(offset)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".jaxgmm-checkpoint-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _load_checkpoint(path: str, fingerprint: dict, covariance_type: str):
-    """(states, center, offset, first) from a checkpoint of this fit, or None if absent."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            leaves = [data[f"leaf{i}"] for i in range(sum(k.startswith("leaf") for k in data))]
-            center = data["center"]
-            offset = data["offset"] if "offset" in data else None
-    except Exception as err:
-        raise ValueError(
-            f"checkpoint {path!r} cannot be read ({err}); delete it to start afresh."
-        ) from None
-    first = meta.pop("first")
-    if json.loads(json.dumps(fingerprint)) != meta:
-        raise ValueError(
-            f"checkpoint {path!r} was written by a different fit (other data size, options "
-            "or key); delete it or pass another checkpoint path."
-        )
-    params = GaussianMixtureParams(0, 0, 0, 0, covariance_type=covariance_type)
-    treedef = jax.tree_util.tree_structure(LoopState(params, 0, 0, 0, 0, 0))
-    states = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])
-    return states, jnp.asarray(center), offset, None if first is None else tuple(first)
 
 
 # ----------------------------------------------------------------------------- API
@@ -738,7 +674,7 @@ def fit_stream(
     device_rows = -(-rows_per_chunk // sub) * sub
     stream = ChunkStream(reader, rows_per_chunk, device_rows)
     stream.n_features = n_features
-    source_dtype = reader.dtype if reader.dtype is not None else _peek_dtype(reader)
+    source_dtype = reader.dtype  # (a callable's: its first chunk's)
     dtype = compute_dtype(source_dtype)
     inits = check_initial_params(
         weights_init, means_init, precisions_init, covariance_type, n_components, n_features, dtype
@@ -769,8 +705,8 @@ def fit_stream(
         jnp.asarray(max_iter, jnp.int32),
     )
     path = None if checkpoint is None else os.fspath(checkpoint)
-    fingerprint = _fingerprint(options, stream, key) if path else None
-    resumed = _load_checkpoint(path, fingerprint, covariance_type) if path else None
+    stamp = fingerprint(options, stream.n_rows, n_features, _key_words(key)) if path else None
+    resumed = load_checkpoint(path, stamp, covariance_type) if path else None
     precise_input = np.dtype(source_dtype) != dtype
     if resumed is not None:
         states, passes.center, passes.offset, first = resumed
@@ -810,10 +746,8 @@ def fit_stream(
         else:
             states = _initialise(passes, scan, options, keys, inits, reg_, history)
         if path:
-            _save_checkpoint(path, fingerprint, states, passes.center, passes.offset, stream._first)
-    states = _em_loop(
-        passes, states, tol_, reg_, max_iter_, options, on_interrupt, path, fingerprint
-    )
+            save_checkpoint(path, stamp, states, passes.center, passes.offset, stream._first)
+    states = _em_loop(passes, states, tol_, reg_, max_iter_, options, on_interrupt, path, stamp)
     result = _result(states, passes.center, max_iter_)
     result = dataclasses.replace(result, history=first_rows(result.history, max_iter))
     if int(result.status) == Status.NON_FINITE:
@@ -850,13 +784,7 @@ def _peek_features(reader) -> int:
     )
 
 
-def _peek_dtype(reader):
-    """The dtype of a callable source's first chunk."""
-    _peek_features(reader)
-    return reader.dtype
-
-
-def _em_loop(passes, states, tol, reg_covar, max_iter, options, on_interrupt, path, fingerprint):
+def _em_loop(passes, states, tol, reg_covar, max_iter, options, on_interrupt, path, stamp):
     """EM iterations, one pass each, until every restart has stopped; -> states."""
     covariance_type = options["covariance_type"]
     description = f"EM fit (streamed), K={options['n_components']}"
@@ -877,8 +805,8 @@ def _em_loop(passes, states, tol, reg_covar, max_iter, options, on_interrupt, pa
                 new = _exact_update(new, lost, exact, reg_covar)
             states = _record(states, new, objective, tol, max_iter)
             if path:
-                _save_checkpoint(
-                    path, fingerprint, states, passes.center, passes.offset, passes.stream._first
+                save_checkpoint(
+                    path, stamp, states, passes.center, passes.offset, passes.stream._first
                 )
     except KeyboardInterrupt as interrupt:
         interrupt.n_iter = int(jnp.max(states.n_iter))

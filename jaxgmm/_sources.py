@@ -301,8 +301,8 @@ class ChunkStream:
                 checksum = _checksum(rows)
             while len(rows):
                 take = min(self.chunk_rows - have, len(rows))
-                pending.append((rows[:take], weight[:take]))
-                rows, weight = rows[take:], weight[take:]
+                pending.append((rows[:take], None if weight is None else weight[:take]))
+                rows, weight = rows[take:], None if weight is None else weight[take:]
                 have += take
                 if have == self.chunk_rows:
                     yield self._chunk(pending, start, number, dtype, offset)
@@ -313,7 +313,8 @@ class ChunkStream:
         self._end_pass(start, checksum)
 
     def _check_block(self, rows, weight, first_row: int, block_number: int):
-        """Validate one block from the reader; -> (rows (r, D), weight (r,) float64)."""
+        """Validate one block from the reader; -> (rows (r, D), weight (r,) float64 or
+        None for all ones)."""
         where = f"chunk {block_number} of the source (global rows from {first_row})"
         if rows.ndim != 2:
             raise ValueError(f"{where} has shape {rows.shape}; every chunk must be 2-D (rows, D).")
@@ -325,7 +326,9 @@ class ChunkStream:
                 f"{where} has {rows.shape[1]} columns, but earlier chunks have "
                 f"{self.n_features}: every chunk must have the same number of features."
             )
-        if np.issubdtype(dtype, np.floating):
+        # A finite sum means every value is finite (NaN and inf propagate); only
+        # otherwise (or on overflow) are the values checked one by one.
+        if np.issubdtype(dtype, np.floating) and not np.isfinite(rows.sum()):
             finite = np.isfinite(rows)
             if not finite.all():
                 r, c = (int(i) for i in np.argwhere(~finite)[0])
@@ -334,9 +337,7 @@ class ChunkStream:
                     f"global row {first_row + r}, column {c} (value {rows[r, c]}). Remove or "
                     "impute those rows before fitting."
                 )
-        if weight is None:
-            weight = np.ones(len(rows))
-        else:
+        if weight is not None:
             weight = np.asarray(weight, np.float64).reshape(-1)
             if weight.shape != (len(rows),):
                 raise ValueError(
@@ -355,16 +356,30 @@ class ChunkStream:
     def _chunk(self, pieces, start: int, number: int, dtype, offset) -> Chunk:
         """Concatenate, centre/cast and pad one chunk."""
         rows = pieces[0][0] if len(pieces) == 1 else np.concatenate([p[0] for p in pieces])
-        weight = pieces[0][1] if len(pieces) == 1 else np.concatenate([p[1] for p in pieces])
         n = len(rows)
         if offset is not None:
             rows = rows.astype(np.float64) - offset
-        x = np.empty((self.device_rows, rows.shape[1]), dtype)
-        x[:n] = rows
-        x[n:] = x[:1]
-        w = np.zeros(self.device_rows, dtype)
-        w[:n] = weight
+        full = n == self.device_rows
+        if full and rows.dtype == dtype and rows.flags.c_contiguous:
+            x = rows  # a whole chunk as read: no copy
+        else:
+            x = np.empty((self.device_rows, rows.shape[1]), dtype)
+            x[:n] = rows
+            x[n:] = x[:1]
+        if all(p[1] is None for p in pieces) and full:
+            w = self._ones(dtype)  # shared, never written
+        else:
+            w = np.zeros(self.device_rows, dtype)
+            w[:n] = np.concatenate([np.ones(len(p[0])) if p[1] is None else p[1] for p in pieces])
         return Chunk(x, w, start, n, number)
+
+    def _ones(self, dtype) -> np.ndarray:
+        """(C,) ones in ``dtype``, made once per stream."""
+        ones = getattr(self, "_ones_cache", None)
+        if ones is None or ones.dtype != dtype:
+            ones = self._ones_cache = np.ones(self.device_rows, dtype)
+            ones.flags.writeable = False
+        return ones
 
     def _end_pass(self, n_rows: int, checksum) -> None:
         """Check the pass against the first one (row count, first block)."""

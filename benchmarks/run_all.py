@@ -24,6 +24,7 @@ from benchmarks import (
     bench_realdata,
     bench_restarts,
     bench_sharded,
+    bench_stream,
 )
 from benchmarks._common import RESULTS_DIR, base_parser
 
@@ -40,6 +41,7 @@ SCRIPTS = {
     "online": bench_online,
     "blocks": bench_blocks,
     "missing": bench_missing,
+    "stream": bench_stream,
 }
 
 

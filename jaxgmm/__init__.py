@@ -20,6 +20,7 @@ from jaxgmm._inference import (
 from jaxgmm._online import OnlineEM, OnlineEMState, online_em
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 from jaxgmm._sharding import shard_rows
+from jaxgmm._stream import fit_stream
 from jaxgmm.io import load, save
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "fit_gradient",
     "fit_many",
     "impute",
+    "fit_stream",
     "from_unconstrained",
     "to_unconstrained",
     "UnconstrainedParams",

@@ -197,6 +197,52 @@ def _masked_distances(
     return jnp.where(active, distances, jnp.inf)
 
 
+def nearest_center(
+    X: jax.Array, centers: jax.Array, active: jax.Array | None, mask: jax.Array | None = None
+) -> jax.Array:
+    """One-hot (C, K) assignment of each row to its nearest active center (over its
+    observed coordinates with a ``mask``)."""
+    labels = jnp.argmin(_masked_distances(X, centers, active, mask), axis=1)
+    return jax.nn.one_hot(labels, centers.shape[0], dtype=X.dtype)
+
+
+def lloyd_sums(X, weight, centers, active, mask=None) -> tuple[jax.Array, jax.Array]:
+    """One chunk's part of a Lloyd step: (counts, sums (K, D)) per nearest center.
+
+    Args:
+        X: (C, D) rows; weight: (C,); centers: (K, D); active: None or (K,) bool;
+        mask: None or (C, D) observed entries.
+
+    Returns:
+        counts: (K, 1) summed weights, or (K, D) per coordinate over observed entries
+        only (with a ``mask``); sums: (K, D) the matching sums of the rows.
+    """
+    onehot = nearest_center(X, centers, active, mask) * weight[:, None]
+    if mask is None:
+        return jnp.sum(onehot, axis=0)[:, None], _dot_chunk(onehot.T, X)
+    m = mask.astype(X.dtype)
+    return _dot_chunk(onehot.T, m), _dot_chunk(onehot.T, X * m)
+
+
+def lloyd_update(centers: jax.Array, counts: jax.Array, sums: jax.Array) -> jax.Array:
+    """New centers (K, D) from summed :func:`lloyd_sums`; empty clusters (or
+    coordinates no member observes) stay put."""
+    return jnp.where(counts > 0, sums / jnp.maximum(counts, 1e-30), centers)
+
+
+def lloyd_tolerance(mean_variance: jax.Array) -> jax.Array:
+    """Lloyd's stopping threshold on the summed squared center shift."""
+    return _LLOYD_TOL * mean_variance
+
+
+def random_responsibilities(key, index, n_components: int, is_active, dtype) -> jax.Array:
+    """Uniform random responsibilities (C, K) from per-row keys ``fold_in(key, index)``."""
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (n_components,), dtype))(row_keys)
+    u = jnp.where(is_active, u, 0.0)
+    return u / jnp.sum(u, axis=1, keepdims=True)
+
+
 def kmeans_centers(
     key: jax.Array,
     rows: Rows,
@@ -216,7 +262,7 @@ def kmeans_centers(
     sum_x, total = reducer.sum(lambda x, w, i: (w @ x, jnp.sum(w)), rows)
     mean = sum_x / total
     sum_sq = reducer.sum(lambda x, w, i: w @ ((x - mean) ** 2), rows)
-    tol = _LLOYD_TOL * jnp.mean(sum_sq / total)
+    tol = lloyd_tolerance(jnp.mean(sum_sq / total))
 
     # Everything the loop uses goes through consts: compacting_while_loop's batched
     # form must not close over traced values.
@@ -225,15 +271,10 @@ def kmeans_centers(
         rows, _, active = consts
 
         def chunk_sums(Xc, wc, index, mask=None, noise=None):
-            labels = jnp.argmin(_masked_distances(Xc, centers, active, mask), axis=1)
-            onehot = jax.nn.one_hot(labels, n_clusters, dtype=Xc.dtype) * wc[:, None]
-            if mask is None:
-                return jnp.sum(onehot, axis=0)[:, None], _dot_chunk(onehot.T, Xc)
-            m = mask.astype(Xc.dtype)  # per-coordinate counts: observed entries only
-            return _dot_chunk(onehot.T, m), _dot_chunk(onehot.T, Xc * m)
+            return lloyd_sums(Xc, wc, centers, active, mask)
 
         counts, sums = reducer.sum(chunk_sums, rows, incomplete=rows.mask is not None)
-        new = jnp.where(counts > 0, sums / jnp.maximum(counts, 1e-30), centers)
+        new = lloyd_update(centers, counts, sums)
         return new, jnp.sum((new - centers) ** 2), it + 1
 
     def keep_going(state, consts):
@@ -283,8 +324,7 @@ def initial_params(
         shift = centers
 
         def resp_fn(X, index, mask=None):
-            labels = jnp.argmin(_masked_distances(X, centers, active, mask), axis=1)
-            return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
+            return nearest_center(X, centers, active, mask)
 
     elif init in ("k-means++", "random_from_data"):
         if init == "k-means++":
@@ -299,10 +339,7 @@ def initial_params(
     elif init == "random":
 
         def resp_fn(X, index, mask=None):
-            row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
-            u = jax.vmap(lambda k: jax.random.uniform(k, (n_components,), X.dtype))(row_keys)
-            u = jnp.where(is_active, u, 0.0)
-            return u / jnp.sum(u, axis=1, keepdims=True)
+            return random_responsibilities(key, index, n_components, is_active, X.dtype)
 
     else:
         raise ValueError(f"unknown init {init!r}; expected one of {INIT_METHODS}")

@@ -153,23 +153,46 @@ def _iteration(solver, rows: Rows, tol: jax.Array, report_progress: bool = False
 
     def one_iteration(state: LoopState) -> LoopState:
         new_params, objective = solver.step(rows, state.params)
-        finite = jnp.isfinite(objective) & all_finite(new_params)
         if report_progress:
             first_shard = solver.reducer.is_first_shard()
             jax.debug.callback(_report, state.n_iter + 1, objective, first_shard)
-        params = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), new_params, state.params
-        )
-        return LoopState(
-            params=params,
-            lower_bound=jnp.where(finite, objective, state.lower_bound),
-            n_iter=state.n_iter + 1,
-            converged=finite & solver.terminate(objective, state.lower_bound, tol),
-            finite=finite,
-            history=state.history.at[state.n_iter].set(objective, mode="drop"),
-        )
+        return record(solver, state, new_params, objective, tol)
 
     return one_iteration
+
+
+def record(
+    solver,
+    state: LoopState,
+    new_params: GaussianMixtureParams,
+    objective: jax.Array,
+    tol: jax.Array,
+) -> LoopState:
+    """The loop's bookkeeping after one step: guard, history, convergence.
+
+    Used by the loop body above and by drivers that run the step's passes over the
+    data themselves (:mod:`jaxgmm._stream`).
+
+    Args:
+        solver: has ``terminate(objective, previous, tol)``.
+        state: the state before the step; new_params, objective: the step's output.
+        tol: () tolerance.
+
+    Returns:
+        The state after the step (the old parameters kept if the step was non-finite).
+    """
+    finite = jnp.isfinite(objective) & all_finite(new_params)
+    params = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(finite, new, old), new_params, state.params
+    )
+    return LoopState(
+        params=params,
+        lower_bound=jnp.where(finite, objective, state.lower_bound),
+        n_iter=state.n_iter + 1,
+        converged=finite & solver.terminate(objective, state.lower_bound, tol),
+        finite=finite,
+        history=state.history.at[state.n_iter].set(objective, mode="drop"),
+    )
 
 
 def running(state: LoopState, max_iter: jax.Array) -> jax.Array:

@@ -20,6 +20,7 @@ from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact
 from jaxgmm._incomplete import incomplete_e_step
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, InMemory, Rows
+from jaxgmm._stats import Stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,43 +54,16 @@ class EM:
             The new parameters, and () the objective of the *current* ones: the mean
             log-likelihood per point from this E-step (scikit-learn's lower bound).
         """
-        model = covariance_model(params.covariance_type)
-        reducer = self.reducer
-        if rows.incomplete:
-            # Missing entries or measurement noise (static: the rows' structure): the
-            # exact expected statistics of jaxgmm._incomplete, around the current means.
-            if model.expanded_density and rows.noise is None:
-                # diag/spherical with holes: matrix products unless components sit far
-                # from the centre for their spread (then the elementwise exact pass).
-                stats = cond_any(
-                    needs_exact_e_step(params),
-                    lambda rows, p: incomplete_e_step(rows, p, reducer),
-                    lambda rows, p: incomplete_e_step(rows, p, reducer, expanded=True),
-                    rows,
-                    params,
-                )
-            else:
-                stats = incomplete_e_step(rows, params, reducer)
-            new_params = m_step(stats, self.reg_covar, params.covariance_type, self.active)
+        stats = self.statistics(rows, params)
+        new_params = self.update(stats)
+        if rows.incomplete:  # expected statistics, exact around the current means
             return new_params, stats.log_lik_sum / stats.n
-        if model.expanded_density:
-            # The fused kernels expand (x - mu)^2 around the data's centre; tight
-            # components far from it (float32) take the exact difference-based pass.
-            # (cond_any: under vmap only the members that need it pay for it.)
-            stats = cond_any(
-                needs_exact_e_step(params),
-                lambda rows, p: exact_e_step(rows, p, p.means, reducer),
-                lambda rows, p: e_step(rows, p, reducer),
-                rows,
-                params,
-            )
-        else:
-            stats = e_step(rows, params, reducer)
-        new_params = m_step(stats, self.reg_covar, params.covariance_type, self.active)
-        if model.expanded_moments:
+        if covariance_model(params.covariance_type).expanded_moments:
             # Fused moments are summed around zero; redo them exactly around the
             # current means when that cancelled away a variance (float32, tight far
             # components; or a collapsed component, whose variance is then exactly 0).
+            reducer = self.reducer
+
             def exact(rows, old, new, reg, active):
                 stats = exact_e_step(rows, old, old.means, reducer)
                 return m_step(stats, reg, old.covariance_type, active)
@@ -105,6 +79,43 @@ class EM:
                 self.active,
             )
         return new_params, stats.log_lik_sum / stats.n
+
+    def statistics(self, rows: Rows, params: GaussianMixtureParams) -> Stats:
+        """The E-step's summed :class:`Stats` (the first half of :meth:`step`).
+
+        The fused kernels expand (x - mu)^2 around the data's centre; tight
+        components far from it (float32) take the exact difference-based pass.
+        (cond_any: under vmap only the members that need it pay for it.)
+        """
+        reducer = self.reducer
+        model = covariance_model(params.covariance_type)
+        if rows.incomplete:
+            # Missing entries or measurement noise (static: the rows' structure): the
+            # exact expected statistics of jaxgmm._incomplete, around the current means.
+            if not model.expanded_density or rows.noise is not None:
+                return incomplete_e_step(rows, params, reducer)
+            # diag/spherical with holes: matrix products unless components sit far
+            # from the centre for their spread (then the elementwise exact pass).
+            return cond_any(
+                needs_exact_e_step(params),
+                lambda rows, p: incomplete_e_step(rows, p, reducer),
+                lambda rows, p: incomplete_e_step(rows, p, reducer, expanded=True),
+                rows,
+                params,
+            )
+        if not model.expanded_density:
+            return e_step(rows, params, reducer)
+        return cond_any(
+            needs_exact_e_step(params),
+            lambda rows, p: exact_e_step(rows, p, p.means, reducer),
+            lambda rows, p: e_step(rows, p, reducer),
+            rows,
+            params,
+        )
+
+    def update(self, stats: Stats) -> GaussianMixtureParams:
+        """The M-step: new parameters from summed statistics."""
+        return m_step(stats, self.reg_covar, stats.covariance_type, self.active)
 
     @staticmethod
     def terminate(objective: jax.Array, previous: jax.Array, tol: jax.Array) -> jax.Array:

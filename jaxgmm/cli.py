@@ -294,6 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
         output_help="save the model here",
         plot_help="draw the fit to a PNG (default name: FILE's stem + '-gmm.png')",
     )
+    stream = fit.add_argument_group("data larger than memory")
+    stream.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the .npy FILE chunk by chunk on every EM iteration instead of loading "
+        "it (exact EM, memory independent of its size; needs one K)",
+    )
+    stream.add_argument(
+        "--chunk-rows",
+        type=_positive_int,
+        default=None,
+        metavar="R",
+        help="rows per chunk with --stream (default: about 4 million values)",
+    )
+    stream.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="with --stream: save the fit's state to F after every iteration; the same "
+        "command resumes from it",
+    )
     fit.set_defaults(handler=_cmd_fit)
 
     select = commands.add_parser(
@@ -888,7 +910,61 @@ def _run_selection(
     return best, trials
 
 
+def _cmd_fit_stream(args: argparse.Namespace) -> int:
+    """``jaxgmm fit FILE --stream``: one K, the .npy file read chunk by chunk."""
+    import jaxgmm
+    from jaxgmm._progress import progress_enabled
+    from jaxgmm._sources import NpyFile
+
+    if args.file.suffix.lower() != ".npy":
+        raise CLIError(
+            f"--stream reads .npy files, got {args.file.name}; convert it with "
+            "numpy.save (np.save('data.npy', X)) first."
+        )
+    if args.components is None or len(args.components) != 1:
+        raise CLIError("--stream fits one number of components: give -k K (e.g. -k 8).")
+    if args.plot is not None:
+        raise CLIError("--plot needs the data in memory; leave it out with --stream.")
+    _use_dtype(args.dtype)
+    header = NpyFile(args.file, 1)
+    n, d = header.n_rows, header.n_features
+    print(f"Streaming {n} rows x {d} columns ({header.dtype}) from {args.file}.")
+    options = _fit_options(args)
+    k = args.components[0]
+    start = time.perf_counter()
+    result = jaxgmm.fit_stream(
+        args.file,
+        k,
+        chunk_rows=args.chunk_rows,
+        checkpoint=args.checkpoint,
+        progress=progress_enabled(args.progress),
+        **options,
+    )
+    # The last E-step's log-likelihood: no extra pass over the file.
+    log_lik = float(result.lower_bound) * n
+    n_params = jaxgmm.n_parameters(result.params)
+    trial = _Trial(
+        k=k,
+        n_points=n,
+        result=result,
+        log_likelihood=log_lik,
+        bic=-2.0 * log_lik + n_params * math.log(n),
+        aic=-2.0 * log_lik + 2.0 * n_params,
+        seconds=time.perf_counter() - start,
+    )
+    rows = np.broadcast_to(np.zeros((1, d)), (n, d))  # the shape only: nothing is loaded
+    data = _Data(rows, [f"x{j}" for j in range(d)], False, f"{args.file} (streamed)")
+    _print_summary(trial, data, options)
+    if args.output is not None:
+        _save_model(args.output, trial, data, args.file, "fit --stream")
+    return EXIT_OK
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
+    if args.stream:
+        return _cmd_fit_stream(args)
+    if args.chunk_rows is not None or args.checkpoint is not None:
+        raise CLIError("--chunk-rows and --checkpoint go with --stream.")
     data = _prepare(args)
     options = _fit_options(args)
     ks = args.components or [k for k in parse_components(DEFAULT_K_RANGE)]

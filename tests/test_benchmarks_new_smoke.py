@@ -79,3 +79,13 @@ def test_bench_missing_quick_writes_table(tmp_path, monkeypatch):
     assert "| covariance | data | complete ms / iter | marginalize ms / iter |" in text
     assert "| full |" in text and "| diag |" in text
     assert (tmp_path / "bench_missing.json").exists()
+
+
+def test_bench_stream_quick_writes_tables(tmp_path, monkeypatch):
+    bench = _import_benchmark("bench_stream", monkeypatch)
+    path = bench.main(["--quick", "--out", str(tmp_path)])
+    text = path.read_text()
+    assert "# W5: data beyond memory (streamed EM from disk)" in text
+    assert "| N | streamed s / iter | (a) read once (s) |" in text
+    assert "| rows | baseline VmHWM (MiB) | peak VmHWM (MiB) |" in text
+    assert (tmp_path / "bench_stream.json").exists()

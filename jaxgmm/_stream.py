@@ -593,6 +593,7 @@ def fit_stream(
     chunk_size: int | None = DEFAULTS.chunk_size,
     matmul_precision: str = DEFAULTS.matmul_precision,
     on_interrupt: str = DEFAULTS.on_interrupt,
+    nan_policy: str = DEFAULTS.nan_policy,
 ) -> FitResult:
     """Fit a Gaussian mixture by exact EM to data read from disk chunk by chunk.
 
@@ -630,6 +631,8 @@ def fit_stream(
             chunk; ``on_interrupt``: Ctrl-C is handled between chunks).
         sample_weight: None, or (N,) weights (an array-like) for path and array-like
             sources; callables yield (rows, weights) pairs instead.
+        nan_policy: only ``"raise"`` (a NaN is an error naming its row): missing
+            values in streamed data are not supported yet.
 
     Returns:
         A :class:`FitResult`, as :func:`jaxgmm.fit` returns.
@@ -650,7 +653,14 @@ def fit_stream(
         chunk_size,
         matmul_precision,
         on_interrupt,
+        nan_policy,
     ).check(n_components)
+    if nan_policy != "raise":
+        raise ValueError(
+            f"fit_stream supports only nan_policy='raise', got {nan_policy!r}: missing "
+            "values in streamed data are not supported yet. Drop or fill the rows with NaN "
+            "first, or fit the data in memory with jaxgmm.fit(..., nan_policy=...)."
+        )
     check_key(key)
     if chunk_rows is not None and (
         isinstance(chunk_rows, bool)

@@ -247,6 +247,11 @@ def test_errors_name_row_or_chunk(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         jaxgmm.fit_stream(tmp_path / "missing.npy", K)
 
+    with pytest.raises(ValueError, match="supports only nan_policy='raise'"):
+        jaxgmm.fit_stream(path, K, nan_policy="marginalize")
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        jaxgmm.fit_stream(path, K, nan_policy="ignore")
+
 
 def test_source_changing_between_passes_is_caught():
     start = _user_start("full")

@@ -189,8 +189,8 @@ def fit(
     The fit (initialisation, EM loop, ``n_init`` restarts run in parallel by ``vmap``)
     is compiled; a second call with the same shapes and static options does not
     compile again. On concrete input the EM iterations run as compiled blocks of
-    about a quarter of a second driven by a short Python loop, so Ctrl-C stops a fit
-    within a second (see ``on_interrupt``). ``fit`` works under ``jax.jit`` and
+    about half a second driven by a short Python loop, so Ctrl-C stops a fit
+    at once (see ``on_interrupt``). ``fit`` works under ``jax.jit`` and
     ``jax.vmap``: there the whole fit is one compiled loop, which Python cannot
     interrupt.
 

@@ -25,9 +25,10 @@ import numpy as np
 
 from jaxgmm import _fit_progress
 
-# One block should take about this long: 4x below the 1 s bound on an interrupt's
-# delay, and long enough that the host's ~0.1 ms per block is negligible.
-TARGET_SECONDS = 0.25
+# One block should take about this long: the most an interrupted fit with
+# on_interrupt="return" is behind (the interrupt itself surfaces at once), and long
+# enough that what each block costs besides its iterations stays negligible.
+TARGET_SECONDS = 0.5
 # The first block of a program not timed before.
 FIRST_BLOCK = 4
 # Under jax.distributed every process must run the same blocks, so block sizes
@@ -106,12 +107,15 @@ def run_blocks(
         timed = program in _seconds_per_iteration
         slowest = 0.0
         began = time.perf_counter()
-        block = advance(state, jnp.asarray(budget, jnp.int32))
+        block, reach = advance(state, jnp.asarray(budget, jnp.int32)), budget
         while True:
             # The next block is queued before this one is waited for, so the device
             # never idles while the host wakes up; its budget lags one block behind.
-            # After the last block it runs no iteration and is dropped.
-            queued = advance(block[0], jnp.asarray(budget, jnp.int32))
+            # None is queued when this block can reach max_iter (a block queued after
+            # the last one would run no iteration and only cost time).
+            queued = None
+            if reach < max_iter:
+                queued = advance(block[0], jnp.asarray(budget, jnp.int32)), reach + budget
             still_running, last_n_iter, lower_bound = fetch_when_ready(block[2])
             state, result = block[0], block[1]
             now = time.perf_counter()
@@ -128,7 +132,9 @@ def run_blocks(
                 return result
             timed = True
             budget = _next_budget(budget, per_iteration, max_iter)
-            block = queued
+            if queued is None:  # not expected: this block could reach max_iter
+                queued = advance(state, jnp.asarray(budget, jnp.int32)), n_iter + budget
+            block, reach = queued
     except KeyboardInterrupt as interrupt:
         interrupt.n_iter = n_iter
         if on_interrupt == "raise" or state is None:

@@ -149,7 +149,8 @@ def test_interrupt_between_blocks_returns_or_raises():
         summary = Summary(jnp.asarray(True), jnp.asarray(2 * len(calls)), jnp.asarray(-1.0))
         return state + 1, jnp.asarray(state + 1), summary
 
-    options = dict(max_iter=1000, program=("test", object()))
+    # A max_iter no block reaches: every block is queued before the previous one ends.
+    options = dict(max_iter=10**9, program=("test", object()))
     result = run_blocks(lambda: 0, advance, on_interrupt="return", **options)
     assert int(result) == 2
     calls.clear()

@@ -1,13 +1,15 @@
 """One process of the 2-process ``jax.distributed`` fit in tests/test_distributed.py.
 
-Run as ``python tests/_distributed_worker.py --port P --process-id I --out PATH ...`` with
-``XLA_FLAGS=--xla_force_host_platform_device_count=2`` and ``JAX_PLATFORMS=cpu``: two such
+Run as ``python tests/_distributed_worker.py --port P --process-id I --out PATH --cases ...``
+with ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` and ``JAX_PLATFORMS=cpu``: two such
 processes on localhost make one 4-device CPU cluster (gloo collectives). Each process takes
 its half of the rows of a data set that both generate from the same seed, builds the global
 row-sharded array with ``jax.make_array_from_process_local_data`` and calls ``jaxgmm.fit``.
 
-Writes ``PATH.npz`` (the replicated results) after a fit, or ``PATH.json`` with the
-exception's type and message when the fit raises. Exit codes: 0 done (results or error
+Runs one fit per ``--cases`` entry, in order, in the same cluster: a covariance type
+(the clean data) or ``nan`` (full covariances, one NaN in process 1's rows). For each case
+writes ``PATH-CASE.npz`` (the replicated results) after the fit, or ``PATH-CASE.json`` with
+the exception's type and message when the fit raises. Exit codes: 0 done (results or error
 written), 77 ``jax.distributed`` or gloo is unavailable here (the test skips), anything else
 a failure (traceback on stderr).
 """
@@ -95,31 +97,42 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--process-id", type=int, required=True)
-    parser.add_argument("--out", required=True, help="path without suffix: .npz or .json")
-    parser.add_argument("--covariance-type", default="full")
-    parser.add_argument("--with-nan", action="store_true")
+    parser.add_argument("--out", required=True, help="path prefix: -CASE.npz or -CASE.json")
+    parser.add_argument("--cases", nargs="+", default=["full"])
     args = parser.parse_args()
 
     mesh = start_cluster(args.port, args.process_id)
+    for case in args.cases:
+        fit_one(mesh, args.process_id, case, f"{args.out}-{case}")
+    import jax
+
+    jax.distributed.shutdown()
+    return 0
+
+
+def fit_one(mesh, process_id: int, case: str, out: str) -> None:
+    """Fit one case's global array (see the module docstring); write out.npz or out.json."""
     import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     import jaxgmm
 
-    X = make_data(args.with_nan)
+    with_nan = case == "nan"
+    covariance_type = "full" if with_nan else case
+    X = make_data(with_nan)
     X_global = jax.make_array_from_process_local_data(
-        NamedSharding(mesh, P("data")), local_rows(X, args.process_id)
+        NamedSharding(mesh, P("data")), local_rows(X, process_id)
     )
     assert X_global.shape == X.shape, X_global.shape
     for shard in X_global.addressable_shards:  # global row order is the data set's order
         np.testing.assert_array_equal(np.asarray(shard.data), X[shard.index])
     try:
-        result = jaxgmm.fit(X_global, K, covariance_type=args.covariance_type, key=0)
+        result = jaxgmm.fit(X_global, K, covariance_type=covariance_type, key=0)
         jax.block_until_ready(result)
     except Exception as err:
         traceback.print_exc()
-        with open(args.out + ".json", "w") as f:
+        with open(out + ".json", "w") as f:
             json.dump({"type": type(err).__name__, "message": str(err)}, f)
     else:
         params = result.params
@@ -130,9 +143,7 @@ def main() -> int:
             "lower_bound": result.lower_bound,
             "n_iter": result.n_iter,
         }
-        np.savez(args.out + ".npz", **{k: replicated_value(v) for k, v in values.items()})
-    jax.distributed.shutdown()
-    return 0
+        np.savez(out + ".npz", **{k: replicated_value(v) for k, v in values.items()})
 
 
 if __name__ == "__main__":

@@ -108,7 +108,11 @@ def test_sample_moments(covariance_type):
         )
 
 
-@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+# The chunk loop is the same for every covariance type; each type's per-chunk statistics
+# over several chunks (the last one padded) are checked in test_engine_numerics.py
+# (test_fused_e_step_matches_generic_path). Here: a matrix type and tied (its fused kernel
+# sums moments around zero).
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
 def test_chunking_does_not_change_the_fit(covariance_type):
     X = np.random.default_rng(5).normal(size=(1000, 3))
     X[:400] += 5

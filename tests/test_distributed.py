@@ -66,7 +66,7 @@ def wait_all(procs: list[subprocess.Popen]) -> list[int] | None:
 
 
 def run_workers(tmp_path: Path, *args: str) -> tuple[list[Path], str]:
-    """Start both workers, wait for both (bounded); their output paths (no suffix) and logs.
+    """Start both workers, wait for both (bounded); their output path prefixes and logs.
 
     Skips the test when a worker reports that ``jax.distributed`` or gloo is unavailable;
     fails, with both workers' output, when one exits non-zero or hangs (see wait_all;
@@ -108,8 +108,17 @@ def run_workers(tmp_path: Path, *args: str) -> tuple[list[Path], str]:
     return outs, report
 
 
-def test_two_processes_fit_the_global_array_like_one_process_fits_all_rows(tmp_path):
-    outs, report = run_workers(tmp_path, "--covariance-type", "full")
+@pytest.fixture(scope="module")
+def worker_outputs(tmp_path_factory) -> tuple[list[Path], str]:
+    """One pair of workers for both tests (starting the cluster and JAX is most of the
+    cost): the clean data with full covariances, then the data with a NaN."""
+    outs, report = run_workers(tmp_path_factory.mktemp("distributed"), "--cases", "full", "nan")
+    return outs, report
+
+
+def test_two_processes_fit_the_global_array_like_one_process_fits_all_rows(worker_outputs):
+    prefixes, report = worker_outputs
+    outs = [prefix.with_name(f"{prefix.name}-full") for prefix in prefixes]
     for out in outs:
         error = out.with_suffix(".json")
         assert not error.exists(), f"{out.name}: fit raised {error.read_text()}\n{report}"
@@ -136,8 +145,9 @@ def test_two_processes_fit_the_global_array_like_one_process_fits_all_rows(tmp_p
         np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
 
 
-def test_nan_in_one_process_rows_raises_the_same_error_in_both(tmp_path):
-    outs, report = run_workers(tmp_path, "--with-nan")
+def test_nan_in_one_process_rows_raises_the_same_error_in_both(worker_outputs):
+    prefixes, report = worker_outputs
+    outs = [prefix.with_name(f"{prefix.name}-nan") for prefix in prefixes]
     for out in outs:
         assert not out.with_suffix(".npz").exists(), f"{out.name} fitted data with NaN\n{report}"
     errors = [json.loads(out.with_suffix(".json").read_text()) for out in outs]

@@ -21,7 +21,7 @@ from jaxgmm._buckets import row_layout
 from jaxgmm._chunking import chunk_size_for
 from jaxgmm._incomplete import conditional_distribution
 from jaxgmm._keys import as_key
-from jaxgmm._validation import check_data_array, check_key, check_params
+from jaxgmm._validation import check_data_array, check_key, check_params, is_traced
 
 IMPUTE_METHODS = ("mean", "sample")
 
@@ -94,7 +94,17 @@ def impute(params, X, *, method: str = "mean", key=None) -> np.ndarray:
 
     Returns:
         (N, D) numpy array in the parameters' dtype, NaN-free.
+
+    Raises:
+        TypeError: X or the parameters are traced (inside ``jax.jit``, ``jax.vmap`` or
+            ``jax.grad``): imputation finds the missing entries on the host.
     """
+    if any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves((params, X))):
+        raise TypeError(
+            "jaxgmm.impute runs on concrete arrays: it finds the NaN entries on the host "
+            "and returns a NumPy array, so it cannot be called inside jax.jit, jax.vmap "
+            "or jax.grad. Call it outside the transformation."
+        )
     params = check_params(params)
     if not isinstance(method, str) or method not in IMPUTE_METHODS:
         raise ValueError(

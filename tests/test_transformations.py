@@ -189,7 +189,22 @@ def test_every_public_function_of_params_is_in_the_matrix():
         and next(iter(inspect.signature(getattr(jaxgmm, name)).parameters)) == "params"
     }
     # n_parameters is a Python int of the shapes: nothing to trace or differentiate.
-    assert of_params - {"n_parameters"} == set(FUNCTIONS)
+    # impute is a host function (NaN positions found on the host, NumPy out): it refuses
+    # traced input with a plain TypeError (next test).
+    assert of_params - {"n_parameters", "impute"} == set(FUNCTIONS)
+
+
+def test_impute_refuses_traced_input_with_a_plain_message(params):
+    holes = np.asarray(X).copy()
+    holes[0, 0] = np.nan
+    message = "impute runs on concrete arrays"
+    with pytest.raises(TypeError, match=message):
+        jax.jit(lambda x: jaxgmm.impute(params, x))(holes)
+    with pytest.raises(TypeError, match=message):
+        batch = jax.tree_util.tree_map(lambda *a: jnp.stack(a), params, params)
+        jax.vmap(lambda p: jaxgmm.impute(p, holes))(batch)
+    with pytest.raises(TypeError, match=message):
+        jax.grad(lambda x: jnp.sum(jaxgmm.impute(params, x)))(jnp.asarray(holes))
 
 
 # --------------------------------------------------------------------------- fit

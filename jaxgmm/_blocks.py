@@ -37,6 +37,7 @@ from jaxgmm._driver import (
     restart_setup,
 )
 from jaxgmm._iterate import LoopState, advance, running, start, status
+from jaxgmm._jit import jit
 from jaxgmm._params import FitResult
 from jaxgmm._rows import IN_MEMORY, Sharded, split_rows
 from jaxgmm._solver import EM
@@ -179,7 +180,7 @@ def _summary(states: LoopState, max_iter) -> Summary:
 _BLOCK_STATIC = tuple(name for name in _STATIC_OPTIONS if name != "report_progress")
 
 
-@partial(jax.jit, static_argnames=_BLOCK_STATIC)
+@jit(static_argnames=_BLOCK_STATIC)
 def fit_start(
     X: jax.Array,
     sample_weight: jax.Array,
@@ -244,7 +245,7 @@ def fit_start(
         )(X, sample_weight, row_index)
 
 
-@partial(jax.jit, static_argnames=_BLOCK_STATIC)
+@jit(static_argnames=_BLOCK_STATIC)
 def fit_advance(
     X: jax.Array,
     sample_weight: jax.Array,
@@ -404,7 +405,7 @@ def _advance_models(data, restarts, *, static: dict, n_models: int, axis, **shar
     return restarts, ungroup(results, n_models), summary
 
 
-@partial(jax.jit, static_argnames=_BLOCK_STATIC)
+@jit(static_argnames=_BLOCK_STATIC)
 def fit_many_start(
     X: jax.Array,
     sample_weight: jax.Array,
@@ -453,7 +454,7 @@ def fit_many_start(
         )(*members)
 
 
-@partial(jax.jit, static_argnames=(*_BLOCK_STATIC, "n_models"))
+@jit(static_argnames=(*_BLOCK_STATIC, "n_models"))
 def fit_many_advance(
     data,
     restarts,

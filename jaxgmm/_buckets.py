@@ -25,6 +25,8 @@ import math
 import jax
 import numpy as np
 
+from jaxgmm._jit import jit
+
 GROWTH = 1.5
 # The row grid is ceil(SMALLEST_ROWS * GROWTH**i), rounded up to a multiple of ROW_ALIGN.
 SMALLEST_ROWS = 8
@@ -94,7 +96,7 @@ def first_rows(values: jax.Array, n_rows: int) -> jax.Array:
     if isinstance(values, jax.core.Tracer):
         return values[:n_rows]
     if isinstance(values, jax.Array) and not values.is_fully_addressable:
-        return jax.jit(lambda v: v[:n_rows], out_shardings=values.sharding)(values)
+        return jit(lambda v: v[:n_rows], out_shardings=values.sharding)(values)
     return jax.device_put(np.asarray(values)[:n_rows], _placement(values))
 
 

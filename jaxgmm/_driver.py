@@ -14,6 +14,7 @@ from jaxgmm._chunking import elements_per_row
 from jaxgmm._covariance import covariance_model
 from jaxgmm._init import initial_params
 from jaxgmm._iterate import LoopState, iterate, select_restart, status
+from jaxgmm._jit import jit
 from jaxgmm._params import FitResult, GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, Rows, Sharded, split_rows
 from jaxgmm._sharding import RowSharding
@@ -55,7 +56,7 @@ _STATIC_OPTIONS = (
 )
 
 
-@partial(jax.jit, static_argnames=_STATIC_OPTIONS)
+@jit(static_argnames=_STATIC_OPTIONS)
 def fit_compiled(
     X: jax.Array,
     sample_weight: jax.Array,
@@ -277,7 +278,7 @@ def best_restart(states: LoopState, statuses: jax.Array, center: jax.Array) -> F
     )
 
 
-@partial(jax.jit, static_argnames=_STATIC_OPTIONS)
+@jit(static_argnames=_STATIC_OPTIONS)
 def fit_many_compiled(
     X: jax.Array,
     sample_weight: jax.Array,

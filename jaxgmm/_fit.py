@@ -18,6 +18,7 @@ from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
 from jaxgmm._host_loop import fits_in_one_block, run_blocks
 from jaxgmm._implicit import stop_gradients, with_implicit_gradients
+from jaxgmm._jit import jit
 from jaxgmm._keys import as_key
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, Status, first_components
@@ -786,7 +787,7 @@ def _fit_sharded_models(
     result = _fit_many_programs(args, static, max_iter, description, options["on_interrupt"])
     history = result.history
     if history.shape[1] != max_iter:
-        history = jax.jit(lambda h: h[:, :max_iter], out_shardings=sharding.named())(history)
+        history = jit(lambda h: h[:, :max_iter], out_shardings=sharding.named())(history)
     return dataclasses.replace(result, history=history)
 
 
@@ -804,4 +805,4 @@ def _pad_models_rows(X, W, n_rows: int, sharding):
         )
 
     out = sharding.named()
-    return jax.jit(padded, out_shardings=(out, out))(X, W)
+    return jit(padded, out_shardings=(out, out))(X, W)

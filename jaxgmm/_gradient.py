@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxgmm._covariance import covariance_model
 from jaxgmm._fit import fit
 from jaxgmm._iterate import all_finite
+from jaxgmm._jit import jit
 from jaxgmm._keys import as_key
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
@@ -132,7 +133,7 @@ def _optimise(optimizer, n_steps: int, batch_size: int | None, covariance_type: 
 
     value_and_grad = jax.value_and_grad(loss)
 
-    @jax.jit
+    @jit
     def run(raw, X, w, key):
         cumulative = jnp.cumsum(w)
         ones = jnp.ones((batch_size or 1,), X.dtype)

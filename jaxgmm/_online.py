@@ -29,6 +29,7 @@ from jaxgmm._chunking import chunk_size_for
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import e_step, exact_e_step, m_step
 from jaxgmm._iterate import all_finite
+from jaxgmm._jit import jit
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import split_rows
 from jaxgmm._stats import Stats, chunk_stats
@@ -65,7 +66,7 @@ def _scaled(stats: Stats, factor: jax.Array) -> Stats:
     return dataclasses.replace(stats, **{f: getattr(stats, f) * factor for f in _ADDITIVE})
 
 
-@jax.jit
+@jit
 def params_statistics(params: GaussianMixtureParams) -> Stats:
     """Normalised statistics whose moments are exactly those of ``params``.
 
@@ -220,7 +221,7 @@ class OnlineEM:
         return _update(X, sample_weight, state, jnp.asarray(self.reg_covar, dtype), rho)
 
 
-@jax.jit
+@jit
 def _update(X, sample_weight, state: OnlineEMState, reg_covar, rho):
     """:meth:`OnlineEM.update` on validated arrays, for a step size ``rho`` (one program
     per batch shape and model, whatever the schedule)."""
@@ -264,7 +265,7 @@ def online_em(
 
         online = jaxgmm.online_em(3)
         state = online.init(jaxgmm.fit(first_batch, 3).params)
-        update = jax.jit(online.update)
+        update = jit(online.update)
         for batch in batches:
             params, state = update(batch, state)
 

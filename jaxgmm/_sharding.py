@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxgmm._jit import jit
+
 
 @dataclasses.dataclass(frozen=True)
 class RowSharding:
@@ -112,7 +114,7 @@ def _pad_shards_program(sharding: RowSharding, local_rows: int):
     """The compiled padding for one layout, its outputs split like its input."""
     out = sharding.named()
     pad = partial(_pad_shards, n_shards=sharding.n_shards, local_rows=local_rows)
-    return jax.jit(pad, out_shardings=(out, out, out))
+    return jit(pad, out_shardings=(out, out, out))
 
 
 def pad_sharded_rows(X, sample_weight, sharding: RowSharding, local_rows: int):
@@ -141,7 +143,7 @@ def _unpad_shards(values, *, n_shards: int, per_shard: int):
 def _unpad_shards_program(sharding: RowSharding, per_shard: int):
     """The compiled un-padding for one layout, its output split like its input."""
     unpad = partial(_unpad_shards, n_shards=sharding.n_shards, per_shard=per_shard)
-    return jax.jit(unpad, out_shardings=sharding.named())
+    return jit(unpad, out_shardings=sharding.named())
 
 
 def unpad_sharded_rows(values, sharding: RowSharding, per_shard: int):

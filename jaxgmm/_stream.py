@@ -54,6 +54,7 @@ from jaxgmm._init import (
     random_responsibilities,
 )
 from jaxgmm._iterate import LoopState, record, running, start, status
+from jaxgmm._jit import jit
 from jaxgmm._keys import as_key
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
@@ -140,8 +141,7 @@ def _pass_function(kind: str, covariance_type: str, n_components: int):
     return fn
 
 
-@partial(
-    jax.jit,
+@jit(
     static_argnames=("kind", "chunk_size", "covariance_type", "n_components", "matmul_precision"),
 )
 def _chunk_sums(
@@ -348,7 +348,7 @@ def _chunk_moments(x, weight, pivot, xp=jnp):
     )
 
 
-_device_moments = jax.jit(_chunk_moments)
+_device_moments = jit(_chunk_moments)
 
 
 def _scan(passes: _Passes, n_components: int, n_sample_max: int, seed, precise: bool) -> _Scan:
@@ -408,7 +408,7 @@ def _device_sample(scan: _Scan, center: np.ndarray, dtype, chunk_size: int):
     return x, w, index, chunk
 
 
-@partial(jax.jit, static_argnames=("init", "n_components", "chunk", "matmul_precision"))
+@jit(static_argnames=("init", "n_components", "chunk", "matmul_precision"))
 def _seed_sample(keys, x, w, index, *, init, n_components, chunk, matmul_precision):
     """Per restart: k-means centres, or seed rows and their positions in the sample."""
     with jax.default_matmul_precision(matmul_precision):
@@ -424,7 +424,7 @@ def _seed_sample(keys, x, w, index, *, init, n_components, chunk, matmul_precisi
         return jax.vmap(one)(keys)
 
 
-@jax.jit
+@jit
 def _lloyd_finish(centers, done, counts, sums, tol):
     """One Lloyd step per restart from summed :func:`~jaxgmm._init.lloyd_sums`."""
     new = jax.vmap(lloyd_update)(centers, counts, sums)
@@ -432,7 +432,7 @@ def _lloyd_finish(centers, done, counts, sums, tol):
     return jnp.where(done[:, None, None], centers, new), done | (shift <= tol)
 
 
-@partial(jax.jit, static_argnames=("history_length", "covariance_type"))
+@jit(static_argnames=("history_length", "covariance_type"))
 def _initial_states(stats, reg_covar, center, inits, history_length, covariance_type):
     """M-step on the initial statistics, the user's overrides, loop states (batched)."""
     weights_init, means_init, precisions_init = inits
@@ -520,7 +520,7 @@ def _stream_lloyd(passes: _Passes, centers, scan: _Scan):
 # ------------------------------------------------------------------------- EM loop
 
 
-@partial(jax.jit, static_argnames=("covariance_type",))
+@jit(static_argnames=("covariance_type",))
 def _em_finish(states: LoopState, stats, reg_covar, max_iter, covariance_type):
     """M-step per restart; -> (new params, objectives, which need the exact pass)."""
 
@@ -534,7 +534,7 @@ def _em_finish(states: LoopState, stats, reg_covar, max_iter, covariance_type):
     return jax.vmap(one)(states, stats)
 
 
-@jax.jit
+@jit
 def _exact_update(new, lost, stats, reg_covar):
     """Parameters from the exact pass's statistics where ``lost`` (R,) holds."""
     exact = jax.vmap(lambda s: EM(reg_covar=reg_covar).update(s))(stats)
@@ -543,7 +543,7 @@ def _exact_update(new, lost, stats, reg_covar):
     )
 
 
-@jax.jit
+@jit
 def _record(states: LoopState, new, objective, tol, max_iter):
     """Each running restart's state after its iteration; stopped ones unchanged."""
 
@@ -555,14 +555,14 @@ def _record(states: LoopState, new, objective, tol, max_iter):
     return jax.vmap(one)(states, new, objective)
 
 
-@jax.jit
+@jit
 def _summary(states: LoopState, max_iter):
     """() any restart running, max n_iter, best finite lower bound."""
     best = jnp.max(jnp.where(states.finite, states.lower_bound, -jnp.inf))
     return jnp.any(jax.vmap(lambda s: running(s, max_iter))(states)), jnp.max(states.n_iter), best
 
 
-@jax.jit
+@jit
 def _result(states: LoopState, center, max_iter):
     """The best restart so far (restarts still running are INTERRUPTED)."""
     statuses = jax.vmap(lambda s: status(s, max_iter))(states)

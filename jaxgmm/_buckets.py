@@ -11,8 +11,9 @@ anything is compiled:
   rows), because there the compute, not the compilation, is what a user waits for.
 * **components**: a single fit pads ``n_components`` to the next power of two with
   *inactive* components (weight exactly zero, never initialised, never updated,
-  never chosen), so K = 5 and K = 6 share one program; the fitted parameters are
-  sliced back to the true K before anything is returned.
+  never chosen), so K = 5 and K = 6 share one program; on small data (N * D * D at
+  most :data:`SMALL_ROW_WORK`) K = 1 to 4 share one program too. The fitted
+  parameters are sliced back to the true K before anything is returned.
 * **iteration counts**: the ``history`` array has the next power of two of
   ``max_iter`` entries, and ``max_iter`` itself is a traced number, so changing it
   does not recompile.
@@ -34,6 +35,9 @@ ROW_ALIGN = 8
 # Above this many chunks the grid steps by at most 1/FINE_STEPS of the size.
 FINE_ABOVE_CHUNKS = 16
 FINE_STEPS = 16
+# Problems with N * D * D at most this pad K <= 4 to 4 (see component_bucket).
+SMALL_ROW_WORK = 1 << 20
+SMALL_PROBLEM_MIN_COMPONENTS = 4
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -65,16 +69,26 @@ def row_layout(n_rows: int, max_chunk: int) -> tuple[int, int]:
     return n_chunks * chunk, chunk
 
 
-def component_bucket(n_components: int) -> int:
+def component_bucket(n_components: int, row_work: int | None = None) -> int:
     """The padded component count of a single fit.
 
     The next power of two up to 8 (1, 2, 4, 8: few programs for small-K sweeps), then
     the next multiple of 4 (12, 16, 20, ...), so padding never costs more than 1.33x
-    the compute of the true K above 8 (K = 10 pads to 12, not 16).
+    the compute of the true K above 8 (K = 10 pads to 12, not 16). Small problems
+    (``row_work`` at most :data:`SMALL_ROW_WORK`) pad K <= 4 to 4: there each compiled
+    program costs about a second and an iteration microseconds, so a sweep over
+    K = 1..6 compiles two programs per covariance type instead of four.
+
+    Args:
+        n_components: the true K.
+        row_work: N * D * D of the data (the per-component work of one pass), if known.
     """
     n_components = int(n_components)
     if n_components <= 8:
-        return 1 << max(0, n_components - 1).bit_length()
+        bucket = 1 << max(0, n_components - 1).bit_length()
+        if row_work is not None and row_work <= SMALL_ROW_WORK:
+            bucket = max(bucket, SMALL_PROBLEM_MIN_COMPONENTS)
+        return bucket
     return -(-n_components // 4) * 4
 
 

@@ -332,7 +332,7 @@ def fit(
         X, sample_weight = _pad_rows(X, sample_weight, -(-n_samples // chunk) * chunk)
         row_index = np.arange(X.shape[0], dtype=np.int32)
     else:
-        n_padded = component_bucket(n_components)
+        n_padded = component_bucket(n_components, n_samples * n_features * n_features)
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
         X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)

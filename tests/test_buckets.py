@@ -8,7 +8,7 @@ import pytest
 
 import jaxgmm
 import jaxgmm._fit
-from jaxgmm._buckets import GROWTH, component_bucket, history_length, row_layout
+from jaxgmm._buckets import GROWTH, SMALL_ROW_WORK, component_bucket, history_length, row_layout
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 INITS = ["kmeans", "k-means++", "random", "random_from_data"]
@@ -70,6 +70,10 @@ def test_component_and_history_buckets():
         16,
         32,
     ]
+    # Small problems pad K <= 4 to 4; large ones keep the power of two.
+    small, large = SMALL_ROW_WORK, SMALL_ROW_WORK + 1
+    assert [component_bucket(k, small) for k in (1, 2, 3, 4, 5, 9)] == [4, 4, 4, 4, 8, 12]
+    assert [component_bucket(k, large) for k in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 8, 12]
     assert [history_length(m) for m in (0, 1, 2, 3, 100, 128, 129)] == [1, 1, 2, 4, 128, 128, 256]
 
 
@@ -80,6 +84,15 @@ def test_fits_of_nearby_row_counts_compile_once():
         for n in (1001, 1013):
             jaxgmm.fit(X[:n], 3, key=0)
     assert count[0] == 0
+
+
+def test_small_fits_with_one_to_four_components_compile_once():
+    X = _data(600, seed=4).astype(np.float32)
+    jaxgmm.fit(X, 1, key=0)
+    with count_compilations() as count:
+        results = [jaxgmm.fit(X, k, key=0) for k in (2, 3, 4)]
+    assert count[0] == 0
+    assert [r.params.means.shape[0] for r in results] == [2, 3, 4]
 
 
 def test_new_max_iter_and_tol_do_not_compile_again():
@@ -105,7 +118,7 @@ def test_predictions_of_nearby_row_counts_compile_once():
 def _unpadded(monkeypatch):
     """Make fit skip every bucket: rows, components and iteration counts exact."""
     monkeypatch.setattr(jaxgmm._fit, "row_layout", lambda n, chunk: (n, min(n, chunk)))
-    monkeypatch.setattr(jaxgmm._fit, "component_bucket", lambda k: k)
+    monkeypatch.setattr(jaxgmm._fit, "component_bucket", lambda k, *work: k)
     monkeypatch.setattr(jaxgmm._fit, "history_length", lambda m: m)
 
 

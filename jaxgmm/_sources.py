@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -272,10 +273,16 @@ class ChunkStream:
         chunk_rows: real rows per chunk (the last chunk may have fewer).
         device_rows: C >= chunk_rows, the rows of every chunk as passed on: chunks
             are padded to C with zero-weight rows, so one compiled program serves all.
+        nan_policy: ``"raise"`` (a NaN is an error naming its row) or ``"omit"``
+            (rows with NaN are dropped as they are read; the first pass warns with
+            their count, and every later pass must drop the same number).
     """
 
-    def __init__(self, reader, chunk_rows: int, device_rows: int | None = None):
+    def __init__(
+        self, reader, chunk_rows: int, device_rows: int | None = None, nan_policy: str = "raise"
+    ):
         self.reader = reader
+        self.nan_policy = nan_policy
         self.chunk_rows = chunk_rows
         self.device_rows = device_rows or chunk_rows
         self.n_rows = reader.n_rows
@@ -294,9 +301,14 @@ class ChunkStream:
         """
         number, start, checksum = 0, 0, None
         pending: list[tuple[np.ndarray, np.ndarray]] = []
-        have = 0
+        have = read = omitted = 0  # rows kept in this chunk; rows read; rows dropped
         for block_number, (rows, weight) in enumerate(self.reader.blocks()):
-            rows, weight = self._check_block(rows, weight, start + have, block_number)
+            rows, weight = self._check_block(rows, weight, read, block_number)
+            read += len(rows)
+            if self.nan_policy == "omit":
+                n_read = len(rows)
+                rows, weight = _omit_nan_rows(rows, weight)
+                omitted += n_read - len(rows)
             if checksum is None and len(rows):
                 checksum = _checksum(rows)
             while len(rows):
@@ -310,7 +322,7 @@ class ChunkStream:
         if have:
             yield self._chunk(pending, start, number, dtype, offset)
             start += have
-        self._end_pass(start, checksum)
+        self._end_pass(start, checksum, omitted)
 
     def _check_block(self, rows, weight, first_row: int, block_number: int):
         """Validate one block from the reader; -> (rows (r, D), weight (r,) float64 or
@@ -329,13 +341,19 @@ class ChunkStream:
         # A finite sum means every value is finite (NaN and inf propagate); only
         # otherwise (or on overflow) are the values checked one by one.
         if np.issubdtype(dtype, np.floating) and not np.isfinite(rows.sum()):
-            finite = np.isfinite(rows)
-            if not finite.all():
-                r, c = (int(i) for i in np.argwhere(~finite)[0])
+            # With nan_policy="omit" NaN is allowed here (the row is dropped), inf is not.
+            bad = np.isinf(rows) if self.nan_policy == "omit" else ~np.isfinite(rows)
+            if bad.any():
+                r, c = (int(i) for i in np.argwhere(bad)[0])
                 raise ValueError(
                     f"{where} contains non-finite values (NaN or inf); the first is at "
                     f"global row {first_row + r}, column {c} (value {rows[r, c]}). Remove or "
-                    "impute those rows before fitting."
+                    "impute those rows before fitting"
+                    + (
+                        " (nan_policy='omit' drops rows with NaN, not inf)."
+                        if self.nan_policy == "omit"
+                        else "."
+                    )
                 )
         if weight is not None:
             weight = np.asarray(weight, np.float64).reshape(-1)
@@ -381,13 +399,26 @@ class ChunkStream:
             ones.flags.writeable = False
         return ones
 
-    def _end_pass(self, n_rows: int, checksum) -> None:
+    def _end_pass(self, n_rows: int, checksum, omitted: int = 0) -> None:
         """Check the pass against the first one (row count, first block)."""
         self.passes += 1
+        if n_rows == 0 and omitted:
+            raise ValueError(
+                f"Every row of the source ({omitted}) contains NaN, so nan_policy='omit' "
+                "leaves no data; fill the missing values first, or fit in memory with "
+                "jaxgmm.fit(..., nan_policy='marginalize')."
+            )
         if n_rows == 0:
             raise ValueError(
                 "the source gave no rows: fit_stream needs at least n_components rows. "
                 "(A callable source must return a fresh iterator on every call.)"
+            )
+        if omitted and self.passes == 1:
+            warnings.warn(
+                f"nan_policy='omit': dropped {omitted} of {n_rows + omitted} rows of the "
+                "source that contain NaN.",
+                UserWarning,
+                stacklevel=2,
             )
         if self._first is None:
             self._first = (n_rows, checksum)
@@ -406,6 +437,16 @@ class ChunkStream:
                 f"{self.passes} differs from the first): the data must not change while "
                 "fitting."
             )
+
+
+def _omit_nan_rows(rows: np.ndarray, weight):
+    """(rows, weight) without the rows that hold NaN (weight None: all ones)."""
+    if not np.issubdtype(rows.dtype, np.floating) or np.isfinite(rows.sum()):
+        return rows, weight  # a finite sum: no NaN (checked rows hold no inf)
+    keep = ~np.isnan(rows).any(axis=1)
+    if keep.all():
+        return rows, weight
+    return rows[keep], None if weight is None else np.asarray(weight).reshape(-1)[keep]
 
 
 _DONE = object()

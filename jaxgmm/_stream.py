@@ -631,8 +631,10 @@ def fit_stream(
             chunk; ``on_interrupt``: Ctrl-C is handled between chunks).
         sample_weight: None, or (N,) weights (an array-like) for path and array-like
             sources; callables yield (rows, weights) pairs instead.
-        nan_policy: only ``"raise"`` (a NaN is an error naming its row): missing
-            values in streamed data are not supported yet.
+        nan_policy: ``"raise"`` (a NaN is an error naming its row) or ``"omit"``
+            (rows with NaN are dropped as they are read, in every pass; the first
+            pass warns with their count). ``"marginalize"`` is not supported for
+            streamed data yet.
 
     Returns:
         A :class:`FitResult`, as :func:`jaxgmm.fit` returns.
@@ -655,11 +657,11 @@ def fit_stream(
         on_interrupt,
         nan_policy,
     ).check(n_components)
-    if nan_policy != "raise":
+    if nan_policy == "marginalize":
         raise ValueError(
-            f"fit_stream supports only nan_policy='raise', got {nan_policy!r}: missing "
-            "values in streamed data are not supported yet. Drop or fill the rows with NaN "
-            "first, or fit the data in memory with jaxgmm.fit(..., nan_policy=...)."
+            "fit_stream supports nan_policy='raise' and 'omit', not 'marginalize' yet: "
+            "fit the data in memory with jaxgmm.fit(..., nan_policy='marginalize'), or "
+            "drop the rows with NaN as they are read with nan_policy='omit'."
         )
     check_key(key)
     if chunk_rows is not None and (
@@ -682,7 +684,7 @@ def fit_stream(
         reader.reader.block_rows = rows_per_chunk
     sub = min(_max_chunk(chunk_size, n_components, n_features, covariance_type), rows_per_chunk)
     device_rows = -(-rows_per_chunk // sub) * sub
-    stream = ChunkStream(reader, rows_per_chunk, device_rows)
+    stream = ChunkStream(reader, rows_per_chunk, device_rows, nan_policy)
     stream.n_features = n_features
     source_dtype = reader.dtype  # (a callable's: its first chunk's)
     dtype = compute_dtype(source_dtype)
@@ -705,6 +707,7 @@ def fit_stream(
         n_init=int(n_init),
         init=init,
         matmul_precision=matmul_precision,
+        nan_policy=nan_policy,
         inits=[None if a is None else np.asarray(a).tolist() for a in inits],
     )
     key = as_key(key)

@@ -925,6 +925,12 @@ def _cmd_fit_stream(args: argparse.Namespace) -> int:
         raise CLIError("--stream fits one number of components: give -k K (e.g. -k 8).")
     if args.plot is not None:
         raise CLIError("--plot needs the data in memory; leave it out with --stream.")
+    if args.nan_policy != "raise":
+        raise CLIError(
+            f"--nan-policy {args.nan_policy} needs the data in memory (the summary counts "
+            "the rows used); leave out --stream, or call jaxgmm.fit_stream(..., "
+            "nan_policy='omit') from Python."
+        )
     _use_dtype(args.dtype)
     header = NpyFile(args.file, 1)
     n, d = header.n_rows, header.n_features

@@ -247,10 +247,44 @@ def test_errors_name_row_or_chunk(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         jaxgmm.fit_stream(tmp_path / "missing.npy", K)
 
-    with pytest.raises(ValueError, match="supports only nan_policy='raise'"):
+    with pytest.raises(ValueError, match="not 'marginalize' yet"):
         jaxgmm.fit_stream(path, K, nan_policy="marginalize")
     with pytest.raises(ValueError, match="nan_policy must be one of"):
         jaxgmm.fit_stream(path, K, nan_policy="ignore")
+
+
+def test_omit_drops_nan_rows_as_fit_does(tmp_path):
+    """nan_policy="omit": the fit of the data without those rows, a warning with the count."""
+    bad = X.copy()
+    bad[[3, 777, 1100], [0, 2, 1]] = np.nan
+    kept = np.delete(X, [3, 777, 1100], axis=0)
+    weights = np.linspace(0.5, 1.5, len(X))
+    start = _user_start("diag")
+    expected = jaxgmm.fit(
+        kept, K, covariance_type="diag", sample_weight=np.delete(weights, [3, 777, 1100]), **start
+    )
+    path = tmp_path / "nan.npy"
+    np.save(path, bad)
+    with pytest.warns(UserWarning, match="dropped 3 of 1200 rows"):
+        result = jaxgmm.fit_stream(
+            path,
+            K,
+            covariance_type="diag",
+            sample_weight=weights,
+            chunk_rows=CHUNK,
+            nan_policy="omit",
+            **start,
+        )
+    assert int(result.n_iter) == int(expected.n_iter)
+    assert_same_fit(result, expected)
+
+    bad[500, 1] = np.inf  # inf is still an error, named by its row
+    with pytest.raises(
+        ValueError, match=r"global row 500, column 1 .*drops rows with NaN, not inf"
+    ):
+        jaxgmm.fit_stream(_chunks_of([400, 400, 400], bad), K, nan_policy="omit")
+    with pytest.raises(ValueError, match=r"Every row of the source \(1200\) contains NaN"):
+        jaxgmm.fit_stream(lambda: iter([np.full((1200, 3), np.nan)]), K, nan_policy="omit")
 
 
 def test_source_changing_between_passes_is_caught():
@@ -404,3 +438,5 @@ def test_command_line_stream(npy, tmp_path):
     np.savetxt(csv, X[:10], delimiter=",")
     code, _, err = run("fit", csv, "--stream", "-k", K)
     assert code == 1 and "--stream reads .npy files" in err
+    code, _, err = run("fit", npy, "--stream", "-k", K, "--nan-policy", "omit")
+    assert code == 1 and "--nan-policy omit needs the data in memory" in err

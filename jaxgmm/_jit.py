@@ -37,6 +37,11 @@ class _Program:
         """``jax.jit(...).lower``: the top-level program's lowering."""
         return self.top_level.lower(*args, **kwargs)
 
+    def clear_cache(self) -> None:
+        """Forget the compiled programs (both forms): the next call traces again."""
+        self.top_level.clear_cache()
+        self.nested.clear_cache()
+
 
 def jit(fun: Callable | None = None, /, **kwargs) -> Callable:
     """``jax.jit(fun, **kwargs)`` with :data:`COMPILER_OPTIONS`; usable as a decorator.

@@ -440,3 +440,14 @@ def test_command_line_stream(npy, tmp_path):
     assert code == 1 and "--stream reads .npy files" in err
     code, _, err = run("fit", npy, "--stream", "-k", K, "--nan-policy", "omit")
     assert code == 1 and "--nan-policy omit needs the data in memory" in err
+
+
+def test_chunks_reach_the_device_without_a_copy(npy):
+    """Chunks are 64-byte aligned, so device_put on the CPU uses their memory as is."""
+    from jaxgmm._sources import ChunkStream, open_source
+
+    stream = ChunkStream(open_source(npy, CHUNK, None), CHUNK)
+    chunk = next(iter(stream.chunks(np.dtype(np.float64))))
+    assert chunk.x.ctypes.data % 64 == 0 and chunk.weight.ctypes.data % 64 == 0
+    if jax.default_backend() == "cpu":
+        assert jax.device_put(chunk.x).unsafe_buffer_pointer() == chunk.x.ctypes.data

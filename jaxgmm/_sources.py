@@ -38,6 +38,8 @@ class Chunk(NamedTuple):
         start: the global position of the chunk's first row.
         n_rows: real rows in the chunk (<= C).
         number: the chunk's position in the pass (0, 1, ...).
+        mask: None, or (C, D) bool, True where observed (``nan_policy="marginalize"``:
+            missing entries of ``x`` hold 0, rows with none observed have weight 0).
     """
 
     x: np.ndarray
@@ -45,6 +47,7 @@ class Chunk(NamedTuple):
     start: int
     n_rows: int
     number: int
+    mask: np.ndarray | None = None
 
 
 def _check_dtype(dtype, what: str) -> np.dtype:
@@ -273,9 +276,10 @@ class ChunkStream:
         chunk_rows: real rows per chunk (the last chunk may have fewer).
         device_rows: C >= chunk_rows, the rows of every chunk as passed on: chunks
             are padded to C with zero-weight rows, so one compiled program serves all.
-        nan_policy: ``"raise"`` (a NaN is an error naming its row) or ``"omit"``
+        nan_policy: ``"raise"`` (a NaN is an error naming its row), ``"omit"``
             (rows with NaN are dropped as they are read; the first pass warns with
-            their count, and every later pass must drop the same number).
+            their count, and every later pass must drop the same number) or
+            ``"marginalize"`` (every chunk carries its observed-entry mask).
     """
 
     def __init__(
@@ -341,8 +345,9 @@ class ChunkStream:
         # A finite sum means every value is finite (NaN and inf propagate); only
         # otherwise (or on overflow) are the values checked one by one.
         if np.issubdtype(dtype, np.floating) and not np.isfinite(rows.sum()):
-            # With nan_policy="omit" NaN is allowed here (the row is dropped), inf is not.
-            bad = np.isinf(rows) if self.nan_policy == "omit" else ~np.isfinite(rows)
+            # With nan_policy "omit" or "marginalize" NaN is allowed here, inf is not.
+            nan_allowed = self.nan_policy != "raise"
+            bad = np.isinf(rows) if nan_allowed else ~np.isfinite(rows)
             if bad.any():
                 r, c = (int(i) for i in np.argwhere(bad)[0])
                 raise ValueError(
@@ -350,8 +355,8 @@ class ChunkStream:
                     f"global row {first_row + r}, column {c} (value {rows[r, c]}). Remove or "
                     "impute those rows before fitting"
                     + (
-                        " (nan_policy='omit' drops rows with NaN, not inf)."
-                        if self.nan_policy == "omit"
+                        f" (nan_policy='{self.nan_policy}' accepts NaN, not inf)."
+                        if nan_allowed
                         else "."
                     )
                 )
@@ -372,24 +377,34 @@ class ChunkStream:
         return rows, weight
 
     def _chunk(self, pieces, start: int, number: int, dtype, offset) -> Chunk:
-        """Concatenate, centre/cast and pad one chunk."""
+        """Concatenate, centre/cast and pad one chunk (and mask its missing entries)."""
         rows = pieces[0][0] if len(pieces) == 1 else np.concatenate([p[0] for p in pieces])
         n = len(rows)
+        mask = None
+        if self.nan_policy == "marginalize":
+            mask = aligned_empty((self.device_rows, rows.shape[1]), np.bool_)
+            mask[:n] = ~np.isnan(rows)
+            mask[n:] = mask[:1]
         if offset is not None:
             rows = rows.astype(np.float64) - offset
         full = n == self.device_rows
-        if full and rows.dtype == dtype and rows.flags.c_contiguous:
+        if full and rows.dtype == dtype and rows.flags.c_contiguous and mask is None:
             x = rows  # a whole chunk as read: no copy
         else:
             x = aligned_empty((self.device_rows, rows.shape[1]), dtype)
             x[:n] = rows
             x[n:] = x[:1]
-        if all(p[1] is None for p in pieces) and full:
+            if mask is not None:
+                x[~mask] = 0  # the source's own array is never written
+        if all(p[1] is None for p in pieces) and full and mask is None:
             w = self._ones(dtype)  # shared, never written
         else:
-            w = np.zeros(self.device_rows, dtype)
+            w = aligned_empty((self.device_rows,), dtype)
+            w[n:] = 0
             w[:n] = np.concatenate([np.ones(len(p[0])) if p[1] is None else p[1] for p in pieces])
-        return Chunk(x, w, start, n, number)
+            if mask is not None:
+                w[:n][~mask[:n].any(axis=1)] = 0  # rows with no observed entry
+        return Chunk(x, w, start, n, number, mask)
 
     def _ones(self, dtype) -> np.ndarray:
         """(C,) ones in ``dtype``, made once per stream."""

@@ -117,24 +117,28 @@ def _pass_function(kind: str, covariance_type: str, n_components: int):
     elif kind == "lloyd":
 
         def fn(rows, member, shared, start):
-            return IN_MEMORY.sum(lambda x, w, i: lloyd_sums(x, w, member, None), rows)
+            def sums(x, w, i, mask=None, noise=None):
+                return lloyd_sums(x, w, member, None, mask)
+
+            return IN_MEMORY.sum(sums, rows, incomplete=rows.incomplete)
 
     elif kind in ("kmeans", "seeds", "random"):
 
         def fn(rows, member, shared, start):
             shift, extra = member
 
-            def resp(x, index):
+            def resp(x, index, mask):
                 if kind == "kmeans":
-                    return nearest_center(x, shift, None)
+                    return nearest_center(x, shift, None, mask)
                 if kind == "seeds":  # extra: (K,) seed positions within this chunk
                     return ((index - start)[:, None] == extra[None, :]).astype(x.dtype)
                 active = jnp.ones(n_components, bool)
                 return random_responsibilities(extra, index, n_components, active, x.dtype)
 
-            return IN_MEMORY.sum(
-                lambda x, w, i: assigned_stats(x, resp(x, i), w, shift, covariance_type), rows
-            )
+            def stats(x, w, i, mask=None, noise=None):
+                return assigned_stats(x, resp(x, i, mask), w, shift, covariance_type)
+
+            return IN_MEMORY.sum(stats, rows, incomplete=rows.incomplete)
 
     else:  # pragma: no cover - internal
         raise ValueError(kind)
@@ -152,6 +156,7 @@ def _chunk_sums(
     center: jax.Array,
     members,
     shared,
+    mask: jax.Array | None = None,
     *,
     kind: str,
     chunk_size: int,
@@ -169,6 +174,9 @@ def _chunk_sums(
             center: (D,) subtracted from every row as it is read.
         members: per-restart inputs with a leading (R,) axis (parameters, centres).
         shared: inputs common to every restart (reg_covar, the chunk's start).
+        mask: None, or (C, D) bool, True where observed: missing entries then read
+            as the centre (0 once centred), and the passes use the observed entries
+            only, as ``fit(..., nan_policy="marginalize")`` does.
         kind: which pass (``em``, ``exact``, ``lloyd``, ``kmeans``, ``seeds``, ``random``).
 
     Returns:
@@ -176,7 +184,9 @@ def _chunk_sums(
     """
     with jax.default_matmul_precision(matmul_precision):
         index = start + jnp.arange(x.shape[0], dtype=jnp.int32)
-        rows = split_rows(x, weight, index, chunk_size).centred(center)
+        if mask is not None:
+            x = jnp.where(mask, x, center)
+        rows = split_rows(x, weight, index, chunk_size, mask).centred(center)
         fn = _pass_function(kind, covariance_type, n_components)
         elements = restart_elements(chunk_size, x.shape[1], n_components, covariance_type)
         if jax.tree_util.tree_leaves(members)[0].shape[0] == 1:  # one restart: unbatched
@@ -239,6 +249,7 @@ class _Passes:
         pending = None
         for chunk in self.chunks(description):
             x, w = jax.device_put(chunk.x), jax.device_put(chunk.weight)  # ahead of use
+            mask = None if chunk.mask is None else jax.device_put(chunk.mask)
             start = jnp.asarray(_wrapped_int32(chunk.start), jnp.int32)
             m, s = (members, shared) if per_chunk is None else per_chunk(chunk)
             if total is None:  # zeros of the pass's totals (their shapes traced once)
@@ -252,13 +263,16 @@ class _Passes:
                         self.center,
                         m,
                         s,
+                        mask,
                     )
                 total = jax.tree_util.tree_map(
                     lambda a: np.zeros(a.shape, a.dtype), self._shapes[kind]
                 )
             if pending is not None:  # at most one chunk computing while the next is copied
                 jax.block_until_ready(pending)
-            total = _chunk_sums(total, x, w, start, self.center, m, s, kind=kind, **self.static)
+            total = _chunk_sums(
+                total, x, w, start, self.center, m, s, mask, kind=kind, **self.static
+            )
             pending = total
         return total
 
@@ -282,6 +296,7 @@ class _Scan:
     sample_w: np.ndarray | None = None
     sample_index: np.ndarray | None = None
     sample_priority: np.ndarray | None = None
+    sample_mask: np.ndarray | None = None
 
     def add_moments(self, moments) -> None:
         """Fold one chunk's :func:`_chunk_moments` into the totals (float64)."""
@@ -291,33 +306,36 @@ class _Scan:
         else:
             self.sum_x, self.sum_sq = self.sum_x + sum_x, self.sum_sq + sum_sq
             self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
-        self.total_weight += float(total)
+        # () summed weight, or (D,) per column over the observed entries (with a mask).
+        self.total_weight = self.total_weight + total
         self.n_positive += int(n_positive)
 
-    def add_sample(self, x: np.ndarray, weight: np.ndarray, start: int, rng, n_sample: int):
+    def add_sample(
+        self, x: np.ndarray, weight: np.ndarray, start: int, rng, n_sample: int, mask=None
+    ):
         """Keep the rows with the n_sample smallest uniform priorities seen so far.
 
         Bottom-k of one uniform draw per row (in row order): a uniform sample without
         replacement, whatever the chunking. Zero-weight rows are never preferred.
+        ``mask``: None, or the rows' (n, D) observed entries, kept with them.
         """
         priority = rng.random(len(x))
         priority[weight <= 0] = np.inf
         index = np.arange(start, start + len(x))
-        if self.sample_x is None:
-            keep_x, keep_w, keep_i, keep_p = x, weight, index, priority
-        else:
-            keep_x = np.concatenate([self.sample_x, x])
-            keep_w = np.concatenate([self.sample_w, weight])
-            keep_i = np.concatenate([self.sample_index, index])
-            keep_p = np.concatenate([self.sample_priority, priority])
-        if len(keep_p) > n_sample:
-            best = np.argpartition(keep_p, n_sample - 1)[:n_sample]
+        new = [x, weight, index, priority] + ([] if mask is None else [mask])
+        if self.sample_x is not None:
+            old = [self.sample_x, self.sample_w, self.sample_index, self.sample_priority]
+            old += [] if mask is None else [self.sample_mask]
+            new = [np.concatenate([a, b]) for a, b in zip(old, new, strict=True)]
+        if len(new[3]) > n_sample:
+            best = np.argpartition(new[3], n_sample - 1)[:n_sample]
             best.sort()
-            keep_x, keep_w, keep_i, keep_p = (a[best] for a in (keep_x, keep_w, keep_i, keep_p))
+            new = [a[best] for a in new]
         else:  # only rows of this pass so far: copy the chunk's views
-            keep_x, keep_w = np.array(keep_x), np.array(keep_w)
-        self.sample_x, self.sample_w = keep_x, keep_w
-        self.sample_index, self.sample_priority = keep_i, keep_p
+            new = [np.array(a) for a in new]
+        self.sample_x, self.sample_w, self.sample_index, self.sample_priority = new[:4]
+        if mask is not None:
+            self.sample_mask = new[4]
 
     @property
     def mean(self) -> np.ndarray:
@@ -331,21 +349,24 @@ class _Scan:
         return float(np.mean(np.maximum(self.sum_sq / self.total_weight - shift**2, 0.0)))
 
 
-def _chunk_moments(x, weight, pivot, xp=jnp):
+def _chunk_moments(x, weight, pivot, xp=jnp, mask=None):
     """One chunk's (sum w, sum w (x - pivot), sum w (x - pivot)^2, min, max, #w > 0).
 
-    Padding rows copy a real row and have weight 0, so they change nothing.
+    Padding rows copy a real row and have weight 0, so they change nothing. With a
+    (C, D) ``mask`` every sum, minimum and maximum is over the observed entries, and
+    sum w is per column, (D,).
     """
-    d = x - pivot
-    wd = weight[:, None] * d
-    return (
-        xp.sum(weight),
-        xp.sum(wd, axis=0),
-        xp.sum(wd * d, axis=0),
-        xp.min(x, axis=0),
-        xp.max(x, axis=0),
-        xp.sum(weight > 0),
-    )
+    if mask is None:
+        d = x - pivot
+        wd = weight[:, None] * d
+        total, lo, hi = xp.sum(weight), xp.min(x, axis=0), xp.max(x, axis=0)
+    else:
+        d = xp.where(mask, x - pivot, 0)
+        wd = weight[:, None] * d
+        total = xp.sum(xp.where(mask, weight[:, None], 0), axis=0)
+        lo = xp.min(xp.where(mask, x, xp.inf), axis=0)
+        hi = xp.max(xp.where(mask, x, -xp.inf), axis=0)
+    return (total, xp.sum(wd, axis=0), xp.sum(wd * d, axis=0), lo, hi, xp.sum(weight > 0))
 
 
 _device_moments = jit(_chunk_moments)
@@ -367,19 +388,27 @@ def _scan(passes: _Passes, n_components: int, n_sample_max: int, seed, precise: 
         if pivot is None:
             scan.pivot = chunk.x[0].astype(np.float64)
             pivot = chunk.x[0].copy()
+        mask = None if chunk.mask is None else chunk.mask[:n]
         if precise:
-            moments.append(_chunk_moments(chunk.x[:n], chunk.weight[:n], pivot, np))
+            moments.append(_chunk_moments(chunk.x[:n], chunk.weight[:n], pivot, np, mask))
         else:
             if moments:  # one chunk computing at a time: memory stays a few chunks
                 jax.block_until_ready(moments[-1])
-            moments.append(_device_moments(chunk.x, chunk.weight, pivot))
+            moments.append(_device_moments(chunk.x, chunk.weight, pivot, mask=chunk.mask))
         scan.n_rows += n
         if n_sample_max:
-            scan.add_sample(chunk.x[:n], chunk.weight[:n], chunk.start, rng, n_sample_max)
+            scan.add_sample(chunk.x[:n], chunk.weight[:n], chunk.start, rng, n_sample_max, mask)
     for m in jax.device_get(moments):
         scan.add_moments(m)
     check_n_samples(scan.n_rows, n_components)
-    if scan.total_weight <= 0:
+    if np.ndim(scan.total_weight):  # per column: missing values
+        unobserved = np.flatnonzero(scan.total_weight <= 0)
+        if unobserved.size:
+            raise ValueError(
+                f"column(s) {unobserved.tolist()} of the source have no observed entry (all "
+                "NaN, or only in rows of weight 0); drop those columns before fitting."
+            )
+    elif scan.total_weight <= 0:
         raise ValueError("every sample weight is zero; at least one row needs weight > 0.")
     if scan.n_positive < n_components:
         raise ValueError(
@@ -400,19 +429,27 @@ def _device_sample(scan: _Scan, center: np.ndarray, dtype, chunk_size: int):
     x = np.empty((n_pad, scan.sample_x.shape[1]), dtype)
     x[:n] = (scan.sample_x - center).astype(dtype)
     x[n:] = x[:1]
+    mask = None
+    if scan.sample_mask is not None:  # missing entries read as the centre: 0
+        mask = np.empty(x.shape, bool)
+        mask[:n], mask[n:] = scan.sample_mask, scan.sample_mask[:1]
+        x[~mask] = 0
     w = np.zeros(n_pad, dtype)
     w[:n] = scan.sample_w
     # Rows are named by their position in the sample (the global position when the
     # sample holds every row, as fit names them).
     index = np.arange(n_pad, dtype=np.int32)
-    return x, w, index, chunk
+    return x, w, index, chunk, mask
 
 
 @jit(static_argnames=("init", "n_components", "chunk", "matmul_precision"))
-def _seed_sample(keys, x, w, index, *, init, n_components, chunk, matmul_precision):
-    """Per restart: k-means centres, or seed rows and their positions in the sample."""
+def _seed_sample(keys, x, w, index, mask, *, init, n_components, chunk, matmul_precision):
+    """Per restart: k-means centres, or seed rows and their positions in the sample.
+
+    ``mask``: None, or the sample's (n, D) observed entries (masked distances).
+    """
     with jax.default_matmul_precision(matmul_precision):
-        rows = split_rows(x, w, index, chunk)
+        rows = split_rows(x, w, index, chunk, mask)
 
         def one(key):
             if init == "kmeans":
@@ -475,12 +512,14 @@ def _initialise(passes: _Passes, scan: _Scan, options: dict, keys, inits, reg_co
         stats = passes.run("random", (shift, keys), None, description="init")
     else:
         host_center = passes.offset if passes.offset is not None else np.asarray(passes.center)
-        x, w, index, chunk = _device_sample(scan, np.asarray(host_center, np.float64), dtype, 4096)
+        sample = _device_sample(scan, np.asarray(host_center, np.float64), dtype, 4096)
+        x, w, index, chunk, mask = sample
         shift, seeds = _seed_sample(
             keys,
             x,
             w,
             index,
+            mask,
             init=init,
             n_components=n_components,
             chunk=chunk,
@@ -520,14 +559,18 @@ def _stream_lloyd(passes: _Passes, centers, scan: _Scan):
 # ------------------------------------------------------------------------- EM loop
 
 
-@jit(static_argnames=("covariance_type",))
-def _em_finish(states: LoopState, stats, reg_covar, max_iter, covariance_type):
-    """M-step per restart; -> (new params, objectives, which need the exact pass)."""
+@jit(static_argnames=("covariance_type", "incomplete"))
+def _em_finish(states: LoopState, stats, reg_covar, max_iter, covariance_type, incomplete=False):
+    """M-step per restart; -> (new params, objectives, which need the exact pass).
+
+    ``incomplete`` (missing values): the statistics are exact expected ones around
+    the current means, and never need the exact pass.
+    """
 
     def one(state, stats):
         new = EM(reg_covar=reg_covar).update(stats)
         lost = jnp.asarray(False)
-        if covariance_model(covariance_type).expanded_moments:
+        if covariance_model(covariance_type).expanded_moments and not incomplete:
             lost = lost_precision(stats, new)
         return new, stats.log_lik_sum / stats.n, lost & running(state, max_iter)
 
@@ -631,10 +674,12 @@ def fit_stream(
             chunk; ``on_interrupt``: Ctrl-C is handled between chunks).
         sample_weight: None, or (N,) weights (an array-like) for path and array-like
             sources; callables yield (rows, weights) pairs instead.
-        nan_policy: ``"raise"`` (a NaN is an error naming its row) or ``"omit"``
+        nan_policy: ``"raise"`` (a NaN is an error naming its row), ``"omit"``
             (rows with NaN are dropped as they are read, in every pass; the first
-            pass warns with their count). ``"marginalize"`` is not supported for
-            streamed data yet.
+            pass warns with their count) or ``"marginalize"`` (exact EM for
+            incomplete data, as :func:`jaxgmm.fit` does: the centre and the
+            k-means distances use the observed entries, every E-step the density of
+            each row's observed entries; a column with no observed entry is an error).
 
     Returns:
         A :class:`FitResult`, as :func:`jaxgmm.fit` returns.
@@ -657,12 +702,6 @@ def fit_stream(
         on_interrupt,
         nan_policy,
     ).check(n_components)
-    if nan_policy == "marginalize":
-        raise ValueError(
-            "fit_stream supports nan_policy='raise' and 'omit', not 'marginalize' yet: "
-            "fit the data in memory with jaxgmm.fit(..., nan_policy='marginalize'), or "
-            "drop the rows with NaN as they are read with nan_policy='omit'."
-        )
     check_key(key)
     if chunk_rows is not None and (
         isinstance(chunk_rows, bool)
@@ -812,7 +851,14 @@ def _em_loop(passes, states, tol, reg_covar, max_iter, options, on_interrupt, pa
             if not still:
                 return states
             stats = passes.run("em", states.params, reg_covar, description=f"EM {n_iter + 1}")
-            new, objective, lost = _em_finish(states, stats, reg_covar, max_iter, covariance_type)
+            new, objective, lost = _em_finish(
+                states,
+                stats,
+                reg_covar,
+                max_iter,
+                covariance_type,
+                incomplete=passes.stream.nan_policy == "marginalize",
+            )
             if bool(jnp.any(lost)):  # rare: moments cancelled; redo them exactly
                 exact = passes.run("exact", states.params, None, description="exact")
                 new = _exact_update(new, lost, exact, reg_covar)

@@ -164,6 +164,22 @@ def _to_numpy(value, dtype) -> np.ndarray:
     return np.asarray(value).astype(dtype, copy=False)
 
 
+def _to_device(value: np.ndarray) -> jax.Array:
+    """A fitted attribute as a JAX array in the current precision (no compiled program:
+    ``jnp.asarray`` compiles a small conversion per shape)."""
+    value = np.asarray(value)
+    if value.dtype == np.float64 and not jax.config.jax_enable_x64:
+        value = value.astype(np.float32)
+    return jax.device_put(value)
+
+
+def _precisions(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Precisions from their Cholesky factors, in NumPy: U U^T (full, tied) or U^2."""
+    if covariance_type in ("full", "tied"):
+        return precisions_cholesky @ np.swapaxes(precisions_cholesky, -1, -2)
+    return precisions_cholesky**2
+
+
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM in JAX, with scikit-learn's ``GaussianMixture`` API.
 
@@ -458,7 +474,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.means_ = _to_numpy(params.means, dtype)
         self.covariances_ = _to_numpy(params.covariances, dtype)
         self.precisions_cholesky_ = _to_numpy(params.precisions_cholesky, dtype)
-        self.precisions_ = _to_numpy(params.precisions, dtype)
+        self.precisions_ = _precisions(self.precisions_cholesky_, self.covariance_type)
         self.converged_ = bool(result.converged)
         self.n_iter_ = int(result.n_iter)
         self.lower_bound_ = np.asarray(result.lower_bound).astype(dtype)[()]
@@ -525,10 +541,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """:attr:`params_` from the fitted attributes, values checked once."""
         return _check_params(
             GaussianMixtureParams(
-                weights=jax.numpy.asarray(self.weights_),
-                means=jax.numpy.asarray(self.means_),
-                covariances=jax.numpy.asarray(self.covariances_),
-                precisions_cholesky=jax.numpy.asarray(self.precisions_cholesky_),
+                weights=_to_device(self.weights_),
+                means=_to_device(self.means_),
+                covariances=_to_device(self.covariances_),
+                precisions_cholesky=_to_device(self.precisions_cholesky_),
                 covariance_type=self.covariance_type,
             )
         )

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import numbers
 import warnings
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +129,7 @@ def _evaluate(params, X, output: str, sample_weight=None, nan_policy="raise", no
     check_nan_policy(nan_policy)
     check_concrete_for_nan_policy((X, sample_weight), nan_policy, noise)
     if nan_policy == "raise" and noise is None:
-        X = check_data(X, n_features=params.n_features)
+        X = check_data(_on_host_if_cheap(X), n_features=params.n_features)
         if output == "score":
             sample_weight = check_sample_weight(sample_weight, X.shape[0], params.means.dtype, 1)
         return evaluate_checked(params, X, output, sample_weight)
@@ -149,6 +149,32 @@ def _evaluate(params, X, output: str, sample_weight=None, nan_policy="raise", no
     if mask is None and noise is None:
         return evaluate_checked(params, np.asarray(X, dtype), output, sample_weight)
     return evaluate_incomplete(params, X, mask, noise, output, sample_weight)
+
+
+# Device arrays up to this size are checked and padded on the host: the copy costs
+# microseconds, while checks and padding on the device cost a dispatch (and a compiled
+# program per row count) each.
+_HOST_COPY_BYTES = 1 << 20
+
+
+def _on_host_if_cheap(X):
+    """X as a NumPy array when it is a JAX array that the host reads for (almost) free.
+
+    That is an unsharded, concrete array in host memory (the CPU backend) or of at most
+    :data:`_HOST_COPY_BYTES`, on the device an uncommitted array would go to anyway (so
+    the compiled program runs where it would have). Everything else is returned as is.
+    """
+    if not isinstance(X, jax.Array) or is_traced(X) or not X.is_fully_addressable:
+        return X
+    devices = X.sharding.device_set
+    if len(devices) != 1:
+        return X
+    (device,) = devices
+    if device.platform != "cpu" and X.nbytes > _HOST_COPY_BYTES:
+        return X
+    if X.committed and (jax.config.jax_default_device is not None or device != jax.devices()[0]):
+        return X
+    return np.asarray(X)
 
 
 def _evaluate_omitting(params, X, output: str, sample_weight, noise):
@@ -270,29 +296,57 @@ def evaluate_checked(
     """
     dtype = params.means.dtype
     n_samples = X.shape[0]
-    max_chunk = chunk_size_for(2**62, params.n_components, params.n_features)
-    sharding = leading_axis_sharding(X)
-    if sharding is not None:
-        return _evaluate_sharded(params, X, output, sample_weight, sharding, max_chunk)
-    if is_traced(X):
-        n_rows, chunk = n_samples, min(n_samples, max_chunk)
-    else:
-        # Padding rows (copies of row 0, weight zero) on the host for host data:
-        # nearby row counts share one compiled program.
+    max_chunk = _max_chunk(params.n_components, params.n_features)
+    if isinstance(X, np.ndarray):
+        # One host copy pads (copies of row 0, weight zero) and casts; the compiled
+        # program's own argument transfer then moves it: nearby row counts share one
+        # program and nothing else is dispatched.
         n_rows, chunk = row_layout(n_samples, max_chunk)
-        xp = np if isinstance(X, np.ndarray) else jnp
-        pad = n_rows - n_samples
-        if pad:
-            X = xp.concatenate([X, xp.broadcast_to(X[:1], (pad, X.shape[1]))])
-            if sample_weight is not None:
-                sample_weight = xp.concatenate([np.asarray(sample_weight), np.zeros(pad, dtype)])
-        X = xp.asarray(X, dtype)
+        X = _padded_rows(X, n_rows, dtype)
+        if sample_weight is not None:
+            sample_weight = _padded_rows(np.asarray(sample_weight), n_rows, dtype, fill=0)
+    else:
+        sharding = leading_axis_sharding(X)
+        if sharding is not None:
+            return _evaluate_sharded(params, X, output, sample_weight, sharding, max_chunk)
+        if is_traced(X):
+            n_rows, chunk = n_samples, min(n_samples, max_chunk)
+        else:  # a device array: padded on its device
+            n_rows, chunk = row_layout(n_samples, max_chunk)
+            pad = n_rows - n_samples
+            if pad:
+                X = jnp.concatenate([X, jnp.broadcast_to(X[:1], (pad, X.shape[1]))])
+                if sample_weight is not None:
+                    sample_weight = jnp.concatenate(
+                        [jnp.asarray(sample_weight), jnp.zeros(pad, dtype)]
+                    )
+        X = jnp.asarray(X, dtype)
     out = _evaluate_program(params, X, sample_weight, output=output, chunk_size=chunk)
     if output == "score":
         return out
     if host_rows:
         return np.asarray(out)[:n_samples]
     return out if n_rows == n_samples else first_rows(out, n_samples)
+
+
+@lru_cache(maxsize=64)
+def _max_chunk(n_components: int, n_features: int) -> int:
+    """Rows per chunk of the scoring kernel for K components in D dimensions."""
+    return chunk_size_for(2**62, n_components, n_features)
+
+
+def _padded_rows(values: np.ndarray, n_rows: int, dtype, fill=None) -> np.ndarray:
+    """(N, ...) ``values`` cast to ``dtype`` and padded to ``n_rows`` rows, in one copy.
+
+    The padding rows are ``fill``, or copies of the first row when ``fill`` is None.
+    """
+    n = values.shape[0]
+    if n == n_rows:
+        return values.astype(dtype, copy=False)
+    out = np.empty((n_rows, *values.shape[1:]), dtype)
+    out[:n] = values
+    out[n:] = values[0] if fill is None else fill
+    return out
 
 
 def _evaluate_sharded(params, X, output: str, sample_weight, sharding, max_chunk: int):

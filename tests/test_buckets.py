@@ -191,3 +191,32 @@ def test_inactive_components_are_never_chosen_with_zero_reg_covar():
     assert result.params.weights.shape == (3,)
     np.testing.assert_allclose(np.sum(result.params.weights), 1.0, rtol=1e-12)
     assert np.all(np.asarray(jaxgmm.predict(result, X)) < 3)
+
+
+def test_each_prediction_call_dispatches_one_program_and_nothing_else(monkeypatch):
+    """A new row count in a known bucket compiles nothing: no eager op, no small jit.
+
+    Any device operation besides the one compiled program (padding, checks, slicing)
+    would compile anew for the unseen shape; the program itself runs once per call.
+    """
+    X = _data(300, seed=4).astype(np.float32)
+    estimator = jaxgmm.GaussianMixture(3, random_state=0).fit(X)
+    params = estimator.params_
+    names = ("score_samples", "predict", "predict_proba", "score")
+    for name in names:  # compile each output's program for the 140-row bucket
+        getattr(jaxgmm, name)(params, X[:100])
+    X_device = jax.numpy.asarray(X[:101])
+    programs = []
+    program = jaxgmm._inference._evaluate_program
+    monkeypatch.setattr(
+        jaxgmm._inference,
+        "_evaluate_program",
+        lambda *a, **k: programs.append(1) or program(*a, **k),
+    )
+    with count_compilations() as count:
+        for name in names:
+            getattr(jaxgmm, name)(params, X[:99])
+            getattr(jaxgmm, name)(params, X_device)
+            getattr(estimator, name)(X[:98])
+    assert count[0] == 0
+    assert len(programs) == 3 * len(names)

@@ -213,6 +213,13 @@ def test_each_prediction_call_dispatches_one_program_and_nothing_else(monkeypatc
         "_evaluate_program",
         lambda *a, **k: programs.append(1) or program(*a, **k),
     )
+    summaries = []  # value checks of the parameters (a device round trip each)
+    summary = jaxgmm._validation._params_summary
+    monkeypatch.setattr(
+        jaxgmm._validation,
+        "_params_summary",
+        lambda p: summaries.append(1) or summary(p),
+    )
     with count_compilations() as count:
         for name in names:
             getattr(jaxgmm, name)(params, X[:99])
@@ -220,3 +227,13 @@ def test_each_prediction_call_dispatches_one_program_and_nothing_else(monkeypatc
             getattr(estimator, name)(X[:98])
     assert count[0] == 0
     assert len(programs) == 3 * len(names)
+    assert summaries == []  # fitted parameters were checked when they were made
+    built = jaxgmm.GaussianMixtureParams(
+        **{
+            f: getattr(params, f)
+            for f in ("weights", "means", "covariances", "precisions_cholesky")
+        }
+    )
+    for _ in range(3):
+        jaxgmm.predict(built, X[:99])
+    assert summaries == [1]  # parameters made by hand: checked on first use only

@@ -289,8 +289,7 @@ def _clearly_in_range(X: np.ndarray, dtype) -> bool:
     minimum or maximum, and every spread is at most twice the largest magnitude. False
     means "check exactly" (it does not mean the data fail).
     """
-    with np.errstate(invalid="ignore"):
-        lo, hi = float(X.min()), float(X.max())
+    lo, hi = float(X.min()), float(X.max())  # NaN propagates (without a warning)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return False
     n_samples, n_features = X.shape

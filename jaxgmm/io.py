@@ -279,7 +279,7 @@ def load(path: str | os.PathLike):
     import jax.numpy as jnp
 
     from jaxgmm._params import GaussianMixtureParams
-    from jaxgmm._validation import compute_dtype
+    from jaxgmm._validation import check_params, compute_dtype
 
     meta, arrays = _read(path)
     dtype = compute_dtype(np.dtype(meta["dtype"]))
@@ -290,10 +290,14 @@ def load(path: str | os.PathLike):
             UserWarning,
             stacklevel=2,
         )
-    return GaussianMixtureParams(
+    params = GaussianMixtureParams(
         **{name: jnp.asarray(arrays[name].astype(dtype)) for name in _ARRAYS},
         covariance_type=meta["covariance_type"],
     )
+    try:  # checked once here: predictions with these parameters skip the value checks
+        return check_params(params)
+    except ValueError as err:
+        raise ModelFileError(f"{str(path)!r} is corrupt: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -217,6 +217,10 @@ def test_pickled_arrays_are_refused_and_never_run(model_file, tmp_path):
         ({"means": np.full((3, 2), np.nan, np.float32)}, "non-finite"),
         ({"precisions_cholesky": None}, "lacks the array"),
         ({"metadata": np.array("not json")}, "not valid JSON"),
+        (
+            {"precisions_cholesky": -np.tile(np.eye(2, dtype=np.float32), (3, 1, 1))},
+            "strictly positive diagonal",
+        ),
     ],
 )
 def test_inconsistent_contents_are_reported(model_file, changes, message):

@@ -277,9 +277,7 @@ def test_omit_drops_nan_rows_as_fit_does(tmp_path):
     assert_same_fit(result, expected)
 
     bad[500, 1] = np.inf  # inf is still an error, named by its row
-    with pytest.raises(
-        ValueError, match=r"global row 500, column 1 .*accepts NaN, not inf"
-    ):
+    with pytest.raises(ValueError, match=r"global row 500, column 1 .*accepts NaN, not inf"):
         jaxgmm.fit_stream(_chunks_of([400, 400, 400], bad), K, nan_policy="omit")
     with pytest.raises(ValueError, match=r"Every row of the source \(1200\) contains NaN"):
         jaxgmm.fit_stream(lambda: iter([np.full((1200, 3), np.nan)]), K, nan_policy="omit")

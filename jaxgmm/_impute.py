@@ -11,8 +11,6 @@ only) and, within it, the Gaussian conditional ``N(b_k, B_k)`` with
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from jaxgmm._buckets import row_layout
 from jaxgmm._chunking import chunk_size_for
 from jaxgmm._incomplete import conditional_distribution
+from jaxgmm._jit import jit
 from jaxgmm._keys import as_key
 from jaxgmm._validation import check_data_array, check_key, check_params, is_traced
 
@@ -50,7 +49,7 @@ def _draw(key, index, resp, b, B, mask):
     return mean + jnp.einsum("cde,ce->cd", jnp.linalg.cholesky(padded), z)
 
 
-@partial(jax.jit, static_argnames=("method", "chunk_size"))
+@jit(static_argnames=("method", "chunk_size"))
 def _impute_program(params, X, mask, key, *, method: str, chunk_size: int):
     """Imputed (N, D) rows, chunk by chunk; X has finite values on missing entries."""
 

@@ -18,6 +18,7 @@ from jaxgmm._chunking import chunk_size_for, chunked_map
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import log_resp_and_norm
 from jaxgmm._incomplete import incomplete_log_prob
+from jaxgmm._jit import jit
 from jaxgmm._keys import as_key
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, Sharded
@@ -56,7 +57,7 @@ def _chunk_output(output: str, log_resp: jax.Array, log_norm: jax.Array) -> jax.
     return log_norm
 
 
-@partial(jax.jit, static_argnames=("output", "chunk_size", "sharding"))
+@jit(static_argnames=("output", "chunk_size", "sharding"))
 def _evaluate_program(
     params: GaussianMixtureParams,
     X: jax.Array,
@@ -212,7 +213,7 @@ def _evaluate_omitting(params, X, output: str, sample_weight, noise):
     return jnp.asarray(out)
 
 
-@partial(jax.jit, static_argnames=("output", "chunk_size"))
+@jit(static_argnames=("output", "chunk_size"))
 def _evaluate_incomplete_program(params, X, mask, noise, sample_weight, *, output, chunk_size):
     """Per-point ``output`` (or the score) of incomplete rows, chunk by chunk.
 
@@ -452,7 +453,7 @@ def aic(params, X, *, nan_policy: str = "raise") -> jax.Array:
     return -2.0 * mean_log_lik * n + 2.0 * n_parameters(params)
 
 
-@partial(jax.jit, static_argnames="n_samples")
+@jit(static_argnames="n_samples")
 def _sample(params: GaussianMixtureParams, key: jax.Array, n_samples: int, measurement=None):
     label_key, noise_key = jax.random.split(key)
     log_weights = jnp.log(params.weights)

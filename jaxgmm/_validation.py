@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxgmm._covariance import COVARIANCE_TYPES, covariance_model
 from jaxgmm._init import INIT_METHODS
+from jaxgmm._jit import jit
 from jaxgmm._params import FitResult, GaussianMixtureParams
 
 # Fitted means resolve a feature only to np.spacing(|centre|) in the compute dtype; warn
@@ -599,13 +600,28 @@ def check_initial_params(
 # ------------------------------------------------------------------ fitted params
 
 
-@jax.jit
+@jit
 def _params_summary(params: GaussianMixtureParams):
     """(all finite, min weight, weight sum, min precision-Cholesky diagonal)."""
     leaves = jax.tree_util.tree_leaves(params)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
     chol = covariance_model(params.covariance_type).cholesky_diagonal(params.precisions_cholesky)
     return finite, jnp.min(params.weights), jnp.sum(params.weights), jnp.min(chol)
+
+
+# Parameters with at most this many values are checked in NumPy on the host (a copy of
+# a few kB) rather than by a compiled program, which would be compiled once per shape.
+_HOST_SUMMARY_VALUES = 1 << 20
+
+
+def _host_params_summary(params: GaussianMixtureParams) -> tuple:
+    """:func:`_params_summary` computed in NumPy."""
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(params)]
+    finite = all(bool(np.isfinite(leaf).all()) for leaf in leaves)
+    weights, chol = np.asarray(params.weights), np.asarray(params.precisions_cholesky)
+    if params.covariance_type in ("full", "tied"):
+        chol = np.diagonal(chol, axis1=-2, axis2=-1)
+    return finite, weights.min(), weights.sum(), chol.min()
 
 
 def check_params(params) -> GaussianMixtureParams:
@@ -665,12 +681,15 @@ def check_params(params) -> GaussianMixtureParams:
     if any(is_traced(leaf) for leaf in leaves):
         return params
     if not all(isinstance(leaf, jax.Array) for leaf in leaves):
-        params = jax.tree_util.tree_map(jnp.asarray, params)
-    summary = _params_summary(params)
-    if any(is_traced(v) for v in summary):
-        # Concrete params closed over by the user's jit/vmap/grad: the summary is staged
-        # into their trace, so its values are unknown here; nothing to check.
-        return params
+        params = jax.tree_util.tree_map(jax.device_put, params)
+    if sum(np.size(leaf) for leaf in leaves) <= _HOST_SUMMARY_VALUES:
+        summary = _host_params_summary(params)  # no compiled program per shape
+    else:
+        summary = _params_summary(params)
+        if any(is_traced(v) for v in summary):
+            # Concrete params closed over by the user's jit/vmap/grad: the summary is
+            # staged into their trace, so its values are unknown here; nothing to check.
+            return params
     finite, min_weight, weight_sum, min_chol = (float(v) for v in summary)
     if not finite:
         raise ValueError(

@@ -74,6 +74,17 @@ def _max_chunk(
     return chunk_size_for(2**62, n_components, n_features, covariance_type, incomplete)
 
 
+def _incomplete_kernel(mask, noise, covariance_type: str) -> bool:
+    """Whether chunks are sized for (C, K, D, D) incomplete-data intermediates.
+
+    Full and tied covariances with missing values only take jaxgmm._schur's kernel,
+    whose intermediates are (K, C, D) as in the complete-data E-step.
+    """
+    if noise is not None:
+        return True
+    return mask is not None and covariance_model(covariance_type).row_sized
+
+
 def _incomplete_data(X, sample_weight, nan_policy: str, noise, covariance_type: str, dtype):
     """Apply ``nan_policy`` and check the noise: -> (X, sample_weight, mask, noise).
 
@@ -314,8 +325,13 @@ def fit(
     )
     # Shape buckets (jaxgmm._buckets): padding rows and components, so that nearby
     # sizes share one compiled program. Traced input keeps its own shapes.
-    incomplete = mask is not None or noise is not None
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, incomplete)
+    max_chunk = _max_chunk(
+        chunk_size,
+        n_components,
+        n_features,
+        covariance_type,
+        _incomplete_kernel(mask, noise, covariance_type),
+    )
     n_padded = n_components
     traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
@@ -630,7 +646,13 @@ def fit_many(
         if means_init is not None:  # per data set now: (B, K, D)
             user_means = np.asarray(user_means_init, np.float64)[None]
             means_init = jnp.asarray((user_means - offsets[:, None, :]).astype(dtype))
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, mask is not None)
+    max_chunk = _max_chunk(
+        chunk_size,
+        n_components,
+        n_features,
+        covariance_type,
+        _incomplete_kernel(mask, None, covariance_type),
+    )
     n_rows, chunk = row_layout(n_samples, max_chunk)
     if n_rows > n_samples:  # zero-weight copies of each data set's first row
         pad = n_rows - n_samples

@@ -51,6 +51,7 @@ from jaxgmm._covariance import (
 )
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, Rows
+from jaxgmm._schur import schur_partials
 from jaxgmm._stats import Stats
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -227,6 +228,16 @@ def incomplete_e_step(
         summed observed-data log-likelihood of the rows.
     """
     model = covariance_model(params.covariance_type)
+    if not model.row_sized and rows.noise is None:  # missing values only: small blocks
+        partials = reducer.sum(
+            lambda x, weight, index, mask, noise: schur_partials(x, weight, mask, params),
+            rows,
+            incomplete=True,
+        )
+        n_k, s_x, s_xx = partials.moments
+        return Stats(
+            n_k, s_x, s_xx, params.means, partials.log_lik_sum, partials.n, params.covariance_type
+        )
 
     def one_chunk(x, weight, index, mask, noise):
         if expanded:

@@ -74,7 +74,7 @@ def _missing_slots(missing: jax.Array, block: int) -> tuple[jax.Array, jax.Array
     """
     position = jnp.cumsum(missing, axis=1) - 1.0  # (R, D): slot of each missing entry
     slots = jnp.arange(block, dtype=missing.dtype)
-    E = missing[:, None, :] * (position[:, None, :] == slots[None, :, None])  # (R, S, D)
+    E = jnp.where(position[:, None, :] == slots[None, :, None], missing[:, None, :], 0.0)
     index = jnp.sum(E * jnp.arange(missing.shape[1], dtype=missing.dtype), axis=-1)
     return index.astype(jnp.int32), jnp.sum(E, axis=-1)
 
@@ -145,7 +145,9 @@ def block_moments(
     # y = -H^-1 u (S, K, R) and the filled rows; P broadcasts against K. Sums over the
     # small axes are written out: XLA's CPU reductions over them are far slower.
     y = -sum(h_inv[:, b] * u[b] for b in range(block))
-    fill = (jnp.arange(n_features) == index.T[:, :, None]) * real.T[:, :, None]  # (S, R, D)
+    fill = jnp.where(
+        jnp.arange(n_features, dtype=jnp.int32) == index.T[:, :, None], real.T[:, :, None], 0.0
+    )
     delta = z + sum(y[a][..., None] * fill[a] for a in range(block))  # (K, R, D)
     white = delta @ U  # rows (U^T delta)^T
     n_obs = jnp.sum(observed, axis=1)  # (R,)
@@ -208,7 +210,7 @@ def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedParti
 
     def tiered(x, missing, weight):
         parts = [
-            moments(x[a:b], missing[a:b] * (weight[a:b] > 0)[:, None], weight[a:b], block)
+            moments(x[a:b], jnp.where(weight[a:b, None] > 0, missing[a:b], 0.0), weight[a:b], block)
             for a, b, block in plan
         ]
         return jax.tree_util.tree_map(lambda *p: sum(p[1:], p[0]), *parts)

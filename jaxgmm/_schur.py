@@ -14,18 +14,23 @@ incomplete-data E-step needs from the small missing block ``H = Lambda_mm`` alon
 squares of the filled row, not a difference of two large terms: ``delta`` minimises
 ``(z + E^T t)^T Lambda (z + E^T t)`` over t, so an error in y enters it squared. The
 expected statistics around the means are ``s_x = sum g delta`` and
-``s_xx = sum g (delta delta^T + E^T H^-1 E)``, the last term as ``F^T F`` with
-``F = L_H^-1 E`` (L_H: H's Cholesky factor).
+``s_xx = sum g (delta delta^T + E^T H^-1 E)``; the last term is summed in slot space
+(the upper triangle of each H^-1, g-weighted) into D x D bins by a segment sum.
 
-Each row's missing block is padded to a static size S (identity on the padding), and
-``H`` is factorised by a Cholesky written as S vectorised rank-one updates over all
-(row, component) pairs of a chunk, so there is no per-matrix library call. A chunk's
-rows are sorted by their number of missing entries and cut into static tiers with
-growing S (about D/4, D/2, D: most rows of a table with up to ~20 % missing entries
-land in the first); a chunk whose rows do not fit its tiers is done at S = D for every
-row (still exact, slower). Tied covariances factorise one H per row, not per component.
-Rows with no observed entry get log-density 0 (H = Lambda, delta = 0), as in
-:mod:`jaxgmm._incomplete`; rows with weight zero (padding) take no tier room.
+Each row's missing block is padded to a static size S (identity on the padding) and
+inverted by the sweep operator, S vectorised pivot steps over all (row, component)
+pairs of a chunk with the matrix axes leading: no per-matrix library call, and no
+batches of tiny matrix products (both slow in XLA on a CPU). A chunk's rows are
+sorted by their number of missing entries and cut into static tiers of growing S
+(:func:`tier_plan`: S = D/8, D/4, 3D/8, D/2 for 30, 45, 20, 4.5 % of the rows, then
+D), sized so that tables with up to ~20 % of entries missing at random fit them; a
+chunk whose rows do not fit is done at S = D for every row (still exact, slower).
+Tied covariances invert one H per row, not per component. Rows with no observed
+entry get log-density 0 (H = Lambda, delta = 0), as in :mod:`jaxgmm._incomplete`;
+rows with weight zero (padding) take no tier room.
+
+Cost per (row, component) is O(S^3 + D^2) elementwise work, against the general
+kernel's D x D factorisation call; W6 (``benchmarks/bench_missing.py``) measures it.
 """
 
 from __future__ import annotations

@@ -67,22 +67,14 @@ def _max_chunk(
     n_features: int,
     covariance_type: str,
     incomplete: bool = False,
+    missing_only: bool = False,
 ) -> int:
     """The user's chunk size, or the default one (~2 MiB intermediates) for K and D."""
     if chunk_size is not None:
         return chunk_size
-    return chunk_size_for(2**62, n_components, n_features, covariance_type, incomplete)
-
-
-def _incomplete_kernel(mask, noise, covariance_type: str) -> bool:
-    """Whether chunks are sized for (C, K, D, D) incomplete-data intermediates.
-
-    Full and tied covariances with missing values only take jaxgmm._schur's kernel,
-    whose intermediates are (K, C, D) as in the complete-data E-step.
-    """
-    if noise is not None:
-        return True
-    return mask is not None and covariance_model(covariance_type).row_sized
+    return chunk_size_for(
+        2**62, n_components, n_features, covariance_type, incomplete, missing_only
+    )
 
 
 def _incomplete_data(X, sample_weight, nan_policy: str, noise, covariance_type: str, dtype):
@@ -330,7 +322,8 @@ def fit(
         n_components,
         n_features,
         covariance_type,
-        _incomplete_kernel(mask, noise, covariance_type),
+        incomplete=mask is not None or noise is not None,
+        missing_only=noise is None,
     )
     n_padded = n_components
     traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
@@ -651,7 +644,8 @@ def fit_many(
         n_components,
         n_features,
         covariance_type,
-        _incomplete_kernel(mask, None, covariance_type),
+        incomplete=mask is not None,
+        missing_only=True,
     )
     n_rows, chunk = row_layout(n_samples, max_chunk)
     if n_rows > n_samples:  # zero-weight copies of each data set's first row

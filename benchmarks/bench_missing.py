@@ -104,9 +104,10 @@ def render(info: dict, results: list[dict], quick: bool) -> str:
         f"complete data and incomplete data timed in turn, median of {r0['rounds']} rounds "
         "(the ratio is the median of the rounds' ratios). The complete-data iteration "
         "uses the fused kernels; the incomplete one the kernels of `jaxgmm/_incomplete.py` "
-        "(full: one Cholesky factorisation and triangular inverse per row and component, "
-        "padded to D x D; diag/spherical: three thin matrix products each way, with the "
-        "observed-entry mask as extra features).",
+        "and `jaxgmm/_schur.py` (full: each row's missing block of every component's "
+        "precision, padded to a tier size and inverted by a vectorised sweep; "
+        "diag/spherical: three thin matrix products each way, with the observed-entry "
+        "mask as extra features).",
         "",
         markdown_table(
             [

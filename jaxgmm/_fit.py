@@ -68,11 +68,14 @@ def _max_chunk(
     n_features: int,
     covariance_type: str,
     incomplete: bool = False,
+    missing_only: bool = False,
 ) -> int:
     """The user's chunk size, or the default one (~2 MiB intermediates) for K and D."""
     if chunk_size is not None:
         return chunk_size
-    return chunk_size_for(2**62, n_components, n_features, covariance_type, incomplete)
+    return chunk_size_for(
+        2**62, n_components, n_features, covariance_type, incomplete, missing_only
+    )
 
 
 def _incomplete_data(X, sample_weight, nan_policy: str, noise, covariance_type: str, dtype):
@@ -315,8 +318,14 @@ def fit(
     )
     # Shape buckets (jaxgmm._buckets): padding rows and components, so that nearby
     # sizes share one compiled program. Traced input keeps its own shapes.
-    incomplete = mask is not None or noise is not None
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, incomplete)
+    max_chunk = _max_chunk(
+        chunk_size,
+        n_components,
+        n_features,
+        covariance_type,
+        incomplete=mask is not None or noise is not None,
+        missing_only=noise is None,
+    )
     n_padded = n_components
     traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
@@ -631,7 +640,14 @@ def fit_many(
         if means_init is not None:  # per data set now: (B, K, D)
             user_means = np.asarray(user_means_init, np.float64)[None]
             means_init = jnp.asarray((user_means - offsets[:, None, :]).astype(dtype))
-    max_chunk = _max_chunk(chunk_size, n_components, n_features, covariance_type, mask is not None)
+    max_chunk = _max_chunk(
+        chunk_size,
+        n_components,
+        n_features,
+        covariance_type,
+        incomplete=mask is not None,
+        missing_only=True,
+    )
     n_rows, chunk = row_layout(n_samples, max_chunk)
     if n_rows > n_samples:  # zero-weight copies of each data set's first row
         pad = n_rows - n_samples

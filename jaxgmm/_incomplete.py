@@ -17,10 +17,15 @@ Around the current means these sums only need, per component, ``n_k = sum w g``,
 ``s_x = Sigma_k a_k`` and ``s_xx = n_k Sigma_k + Sigma_k G_k Sigma_k``, so no
 (C, K, D, D) array leaves a chunk and the per-component products run once per pass.
 
-``full`` and ``tied``: one batched Cholesky factorisation and triangular inverse of
-T per (row, component) over a chunk (static shapes, no gathers). This is the costly
-case: a few hundred times the complete-data iteration on a CPU, where each tiny
-factorisation is a library call (W6, ``benchmarks/results/bench_missing.md``).
+``full`` and ``tied`` with missing values and no noise (the common case) take
+:mod:`jaxgmm._schur`: each row's small missing block of the precision matrix,
+inverted by a vectorised sweep, gives the same sums (the dispatch is in
+:func:`incomplete_e_step`). With noise covariances (extreme deconvolution), T = Sigma +
+S_i differs per row in every entry, so the general path here runs: one batched
+Cholesky factorisation and triangular inverse of T per (row, component) over a chunk
+(static shapes, no gathers), a few hundred times the complete-data iteration on a CPU,
+where each tiny factorisation is a library call. Scoring (``score_samples``,
+``predict_proba``) and imputation also use the general path.
 ``diag`` and ``spherical``: T is diagonal; without noise the E-step is three thin
 matrix products each way with the mask as extra features
 (:func:`expanded_variance_partials`, about the complete-data cost), with noise or
@@ -51,6 +56,7 @@ from jaxgmm._covariance import (
 )
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, Rows
+from jaxgmm._schur import schur_partials
 from jaxgmm._stats import Stats
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -215,6 +221,9 @@ def incomplete_e_step(
 ) -> Stats:
     """E-step over incomplete rows (missing entries and/or noise): expected statistics.
 
+    Full and tied covariances with a mask and no noise take :mod:`jaxgmm._schur`'s
+    missing-block kernel; everything else the kernels of this module.
+
     Args:
         rows: the data, with ``mask`` and/or ``noise`` set; params: current parameters;
         reducer: where the rows live.
@@ -227,6 +236,16 @@ def incomplete_e_step(
         summed observed-data log-likelihood of the rows.
     """
     model = covariance_model(params.covariance_type)
+    if not model.row_sized and rows.noise is None:  # missing values only: small blocks
+        partials = reducer.sum(
+            lambda x, weight, index, mask, noise: schur_partials(x, weight, mask, params),
+            rows,
+            incomplete=True,
+        )
+        n_k, s_x, s_xx = partials.moments
+        return Stats(
+            n_k, s_x, s_xx, params.means, partials.log_lik_sum, partials.n, params.covariance_type
+        )
 
     def one_chunk(x, weight, index, mask, noise):
         if expanded:

@@ -1,0 +1,226 @@
+"""Missing values under full and tied covariances, through each component's precision.
+
+For a row with missing coordinates m and observed ones o, and Lambda = Sigma^-1
+(``U U^T`` from ``precisions_cholesky``), the Schur complement gives everything the
+incomplete-data E-step needs from the small missing block ``H = Lambda_mm`` alone::
+
+    z = x - mu with missing entries 0        u = (Lambda z)_m        y = -H^-1 u
+    delta = z + E^T y                        (the row filled with E[x_m | x_o], minus mu)
+    r^T Sigma_oo^-1 r = delta^T Lambda delta = |U^T delta|^2
+    log|Sigma_oo| = log|Sigma| + log|H|
+    Cov[x_m | x_o] = H^-1
+
+(E: the (|m|, D) selection of the missing coordinates.) The quadratic form is a sum of
+squares of the filled row, not a difference of two large terms: ``delta`` minimises
+``(z + E^T t)^T Lambda (z + E^T t)`` over t, so an error in y enters it squared. The
+expected statistics around the means are ``s_x = sum g delta`` and
+``s_xx = sum g (delta delta^T + E^T H^-1 E)``; the last term is summed in slot space
+(the upper triangle of each H^-1, g-weighted) into D x D bins by a segment sum.
+
+Each row's missing block is padded to a static size S (identity on the padding) and
+inverted by the sweep operator, S vectorised pivot steps over all (row, component)
+pairs of a chunk with the matrix axes leading: no per-matrix library call, and no
+batches of tiny matrix products (both slow in XLA on a CPU). A chunk's rows are
+sorted by their number of missing entries and cut into static tiers of growing S
+(:func:`tier_plan`: S = D/8, D/4, 3D/8, D/2 for 30, 45, 20, 4.5 % of the rows, then
+D), sized so that tables with up to ~20 % of entries missing at random fit them; a
+chunk whose rows do not fit is done at S = D for every row (still exact, slower).
+Tied covariances invert one H per row, not per component. Rows with no observed
+entry get log-density 0 (H = Lambda, delta = 0), as in :mod:`jaxgmm._incomplete`;
+rows with weight zero (padding) take no tier room.
+
+Cost per (row, component) is O(S^3 + D^2) elementwise work, against the general
+kernel's D x D factorisation call; W6 (``benchmarks/bench_missing.py``) measures it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgmm._covariance import FusedPartials, _log_lik_sum, _weighted_responsibilities
+from jaxgmm._params import GaussianMixtureParams
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+# Tiers as (fraction of a chunk's rows, fraction of D for the padded block): rows
+# sorted by missing count fill them in order; the last tier always takes S = D.
+_TIERS = ((0.30, 0.125), (0.75, 0.25), (0.95, 0.375), (0.995, 0.5), (1.0, 1.0))
+_MIN_TIERED_ROWS = 64
+
+
+def tier_plan(n_rows: int, n_features: int) -> tuple[tuple[int, int, int], ...]:
+    """Static tiers ((start, stop, S), ...) for a chunk of ``n_rows`` sorted rows."""
+    if n_rows < _MIN_TIERED_ROWS:
+        return ((0, n_rows, n_features),)
+    plan, start = [], 0
+    for row_fraction, block_fraction in _TIERS:
+        stop = n_rows if row_fraction >= 1.0 else int(row_fraction * n_rows)
+        block = max(1, min(n_features, math.ceil(block_fraction * n_features)))
+        if stop > start:
+            plan.append((start, stop, block))
+        start = stop
+    return tuple(plan)
+
+
+def _missing_slots(missing: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
+    """Each row's missing coordinates in order, padded to ``block`` slots.
+
+    Args:
+        missing: (R, D) 1.0 where the entry is missing; block: S, at least every
+            row's missing count.
+
+    Returns:
+        index: (R, S) int32 coordinate in each slot (0 on padding);
+        real: (R, S) 1.0 on slots that hold a missing coordinate.
+    """
+    position = jnp.cumsum(missing, axis=1) - 1.0  # (R, D): slot of each missing entry
+    slots = jnp.arange(block, dtype=missing.dtype)
+    E = jnp.where(position[:, None, :] == slots[None, :, None], missing[:, None, :], 0.0)
+    index = jnp.sum(E * jnp.arange(missing.shape[1], dtype=missing.dtype), axis=-1)
+    return index.astype(jnp.int32), jnp.sum(E, axis=-1)
+
+
+def invert(H: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log|H| and H^-1 of SPD matrices, batched without per-matrix library calls.
+
+    The sweep operator, one pivot per loop step (Gaussian elimination without
+    pivoting, stable for SPD matrices). The matrix axes lead so that each step is
+    elementwise along the trailing batch, which XLA on a CPU runs far faster than
+    batches of tiny matrices; the loop keeps the compiled program small.
+
+    Args:
+        H: (S, S, ...) symmetric positive definite in the leading two axes.
+
+    Returns:
+        log_det: (...); H_inv: (S, S, ...).
+    """
+    size = H.shape[0]
+    batch = (1,) * (H.ndim - 2)
+
+    def sweep(k, carry):
+        A, log_det = carry
+        pivot = A[k, k]
+        scale = 1.0 / pivot
+        is_pivot = jnp.arange(size) == k
+        on_row = is_pivot.reshape((size, 1) + batch)
+        on_col = is_pivot.reshape((1, size) + batch)
+        rest = A - A[:, k][:, None] * (A[k, :][None, :] * scale)
+        A = jnp.where(on_row & on_col, -scale, jnp.where(on_row | on_col, A * scale, rest))
+        return A, log_det + jnp.log(pivot)
+
+    A, log_det = jax.lax.fori_loop(0, size, sweep, (H, jnp.zeros(H.shape[2:], H.dtype)))
+    return log_det, -A  # sweeping every pivot leaves -H^-1
+
+
+def block_moments(
+    x, missing, weight, means, precisions_cholesky, log_weights, block: int, tied: bool
+):
+    """Log-likelihood and expected statistics of rows with at most ``block`` missing entries.
+
+    Args:
+        x: (R, D) centred rows (any value on missing entries); missing: (R, D) 1.0
+            where missing; weight: (R,); means: (K, D);
+        precisions_cholesky: (K, D, D) full or (1, D, D) tied upper factors U;
+        log_weights: (K,); block: S, static; tied: shared covariance (static).
+
+    Returns:
+        :class:`FusedPartials` with ``moments = (n_k (K,), s_x (K, D), s_xx)``
+        around the means, s_xx (K, D, D) full or (D, D) tied.
+    """
+    n_features = x.shape[1]
+    observed = 1.0 - missing
+    U = precisions_cholesky  # (P, D, D), P = K or 1
+    precision = U @ jnp.swapaxes(U, -1, -2)
+    log_det_cov = -2.0 * jnp.sum(jnp.log(jnp.diagonal(U, axis1=-2, axis2=-1)), axis=-1)  # (P,)
+    index, real = _missing_slots(missing, block)  # (R, S)
+    # Small axes (slots) lead, rows trail: the S x S algebra is elementwise over rows.
+    z = observed[None] * (x[None] - means[:, None])  # (K, R, D)
+    u = jnp.moveaxis(jnp.take_along_axis(z @ precision, index[None], axis=2), -1, 0)
+    u = u * real.T[:, None]  # (S, K, R)
+    pairs = index.T[:, None, :] * n_features + index.T[None, :, :]  # (S, S, R)
+    H = jnp.moveaxis(jnp.take(precision.reshape(precision.shape[0], -1), pairs, axis=1), 0, 2)
+    both = (real.T[:, None] * real.T[None, :])[:, :, None]  # (S, S, 1, R)
+    eye = jnp.eye(block, dtype=x.dtype)[:, :, None, None]
+    H = H * both + (1.0 - real.T)[:, None, None, :] * eye  # (S, S, P, R)
+    log_det_block, h_inv = invert(H)  # (P, R), (S, S, P, R)
+    # y = -H^-1 u (S, K, R) and the filled rows; P broadcasts against K. Sums over the
+    # small axes are written out: XLA's CPU reductions over them are far slower.
+    y = -sum(h_inv[:, b] * u[b] for b in range(block))
+    fill = jnp.where(
+        jnp.arange(n_features, dtype=jnp.int32) == index.T[:, :, None], real.T[:, :, None], 0.0
+    )
+    delta = z + sum(y[a][..., None] * fill[a] for a in range(block))  # (K, R, D)
+    white = delta @ U  # rows (U^T delta)^T
+    n_obs = jnp.sum(observed, axis=1)  # (R,)
+    log_prob = log_weights[:, None] - 0.5 * (
+        jnp.sum(white * white, axis=-1) + log_det_cov[:, None] + log_det_block + n_obs * _LOG_2PI
+    )  # (K, R)
+    g, log_norm = _weighted_responsibilities(log_prob, weight)  # (K, R)
+    weighted = g[..., None] * delta
+    filled = jnp.einsum("krd,kre->kde", weighted, delta)
+    # sum_r g E^T H^-1 E, from the upper triangle of each H^-1 (slots a <= b)
+    upper = np.flatnonzero(np.triu(np.ones((block, block), bool)))  # static
+    g_block = jnp.sum(g, axis=0, keepdims=True) if tied else g  # (P, R)
+    parts = (g_block * h_inv * both).reshape((block * block,) + g_block.shape)[upper]
+    pair_index = pairs.reshape(block * block, -1)[upper]  # (pairs, R)
+    spread = jax.ops.segment_sum(
+        jnp.swapaxes(parts, 1, 2).reshape(-1, precision.shape[0]),
+        pair_index.reshape(-1),
+        num_segments=n_features * n_features,
+    )  # (D * D, P): the upper triangle of each component's sum
+    spread = jnp.moveaxis(spread.reshape(n_features, n_features, -1), -1, 0)
+    spread = spread + jnp.swapaxes(spread, -1, -2) - spread * jnp.eye(n_features, dtype=x.dtype)
+    s_xx = jnp.sum(filled, axis=0) + spread[0] if tied else filled + spread
+    return FusedPartials(
+        moments=(jnp.sum(g, axis=1), jnp.sum(weighted, axis=1), s_xx),
+        log_lik_sum=_log_lik_sum(log_norm, weight),
+        n=jnp.sum(weight),
+    )
+
+
+def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedPartials:
+    """Expected statistics of one chunk with missing entries, full or tied covariances.
+
+    Sorts the chunk's rows by missing count and sums :func:`block_moments` over the
+    static tiers of :func:`tier_plan`, or over all rows at S = D when they do not fit.
+
+    Args:
+        x: (C, D) centred rows; weight: (C,); mask: (C, D) bool, True where observed;
+        params: current parameters (full or tied).
+
+    Returns:
+        :class:`FusedPartials` with ``moments = (n_k, s_x, s_xx)`` around the means.
+    """
+    n_rows, n_features = x.shape
+    missing = 1.0 - mask.astype(x.dtype)
+    U = params.precisions_cholesky
+    tied = params.covariance_type == "tied"
+    U = U[None] if tied else U
+    log_weights = jnp.log(params.weights)
+
+    def moments(x, missing, weight, block):
+        return block_moments(x, missing, weight, params.means, U, log_weights, block, tied)
+
+    plan = tier_plan(n_rows, n_features)
+    if len(plan) == 1:
+        return moments(x, missing, weight, n_features)
+    count = jnp.where(weight > 0, jnp.sum(missing, axis=1), 0.0)
+    order = jnp.argsort(count, stable=True)
+    x, missing, weight, count = x[order], missing[order], weight[order], count[order]
+    fits = jnp.all(jnp.stack([count[stop - 1] <= block for _, stop, block in plan]))
+
+    def tiered(x, missing, weight):
+        parts = [
+            moments(x[a:b], jnp.where(weight[a:b, None] > 0, missing[a:b], 0.0), weight[a:b], block)
+            for a, b, block in plan
+        ]
+        return jax.tree_util.tree_map(lambda *p: sum(p[1:], p[0]), *parts)
+
+    def whole(x, missing, weight):
+        return moments(x, missing, weight, n_features)
+
+    return jax.lax.cond(fits, tiered, whole, x, missing, weight)

@@ -1,4 +1,4 @@
-"""``jit``: ``jax.jit`` with the compiler settings every jaxgmm program uses."""
+"""``jit``: ``jax.jit`` that compiles small problems for a fast start, large ones for speed."""
 
 from __future__ import annotations
 
@@ -6,18 +6,23 @@ from collections.abc import Callable
 from functools import partial, update_wrapper
 
 import jax
+import numpy as np
 from jax._src.core import trace_state_clean
 
-# XLA's newer CPU fusion emitters make jaxgmm's programs about twice as slow to compile
-# (default fit, N = 1,000, D = 4, K = 3: 0.8 s of XLA compilation instead of 1.6-2.2 s;
-# N = 100,000, D = 16, K = 16: 2.0-2.2 s instead of 3.1-3.5 s) and run no slower
-# (benchmarks/results/bench_compile.md, bench_em.md). A CPU debug option: other
-# backends ignore it.
-COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# XLA's newer CPU fusion emitters make programs about twice as slow to compile but run
+# 1.2-1.8x faster (measured on jaxgmm's fits, 2-core CPU: default fit N = 1,000, D = 4,
+# K = 3 compiles in 0.8 s instead of 1.6-2.2 s without them; an EM iteration at
+# N = 100,000, D = 16, K = 16 takes 26 ms with them, 42 ms without). So problems whose
+# work is small, where the compile time is what a user waits for, are compiled without
+# them; the rest with XLA's defaults. A CPU debug option: other backends ignore it.
+FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# Work = values in the array arguments x n_components x n_init (when the program takes
+# them). At most this much, an iteration costs well under a millisecond either way.
+FAST_COMPILE_WORK = 1 << 20
 
 
 class _Program:
-    """A jitted function: compiled with :data:`COMPILER_OPTIONS` when called at top level.
+    """A jitted function that picks its compiler options by the size of the problem.
 
     JAX accepts compiler options only on the outermost ``jit``; called inside another
     trace (the user's ``jit``, or one jaxgmm program inside another) the function is
@@ -25,26 +30,33 @@ class _Program:
     """
 
     def __init__(self, fun: Callable, kwargs: dict):
-        self.top_level = jax.jit(fun, compiler_options=COMPILER_OPTIONS, **kwargs)
-        self.nested = jax.jit(fun, **kwargs)
+        self.fast_compile = jax.jit(fun, compiler_options=FAST_COMPILE_OPTIONS, **kwargs)
+        self.fast_run = jax.jit(fun, **kwargs)
         update_wrapper(self, fun)
 
     def __call__(self, *args, **kwargs):
-        program = self.top_level if trace_state_clean() else self.nested
-        return program(*args, **kwargs)
+        return self.program(args, kwargs)(*args, **kwargs)
+
+    def program(self, args: tuple, kwargs: dict):
+        """The jitted form for these arguments (see the module's constants)."""
+        if not trace_state_clean():
+            return self.fast_run
+        work = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+        work *= int(kwargs.get("n_components", 1)) * int(kwargs.get("n_init", 1))
+        return self.fast_compile if work <= FAST_COMPILE_WORK else self.fast_run
 
     def lower(self, *args, **kwargs):
-        """``jax.jit(...).lower``: the top-level program's lowering."""
-        return self.top_level.lower(*args, **kwargs)
+        """``jax.jit(...).lower`` of the form these arguments would use."""
+        return self.program(args, kwargs).lower(*args, **kwargs)
 
     def clear_cache(self) -> None:
-        """Forget the compiled programs (both forms): the next call traces again."""
-        self.top_level.clear_cache()
-        self.nested.clear_cache()
+        """Forget the compiled programs (every form): the next call traces again."""
+        self.fast_compile.clear_cache()
+        self.fast_run.clear_cache()
 
 
 def jit(fun: Callable | None = None, /, **kwargs) -> Callable:
-    """``jax.jit(fun, **kwargs)`` with :data:`COMPILER_OPTIONS`; usable as a decorator.
+    """``jax.jit(fun, **kwargs)`` with compiler options by problem size; a decorator too.
 
     Args:
         fun: the function to compile (omitted: returns a decorator taking it).

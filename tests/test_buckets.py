@@ -213,11 +213,11 @@ def test_each_prediction_call_dispatches_one_program_and_nothing_else(monkeypatc
         "_evaluate_program",
         lambda *a, **k: programs.append(1) or program(*a, **k),
     )
-    summaries = []  # value checks of the parameters (a device round trip each)
-    summary = jaxgmm._validation._params_summary
+    summaries = []  # value checks of the parameters (small ones: on the host, in NumPy)
+    summary = jaxgmm._validation._host_params_summary
     monkeypatch.setattr(
         jaxgmm._validation,
-        "_params_summary",
+        "_host_params_summary",
         lambda p: summaries.append(1) or summary(p),
     )
     with count_compilations() as count:

@@ -457,9 +457,13 @@ def test_inconsistent_params(X):
         jaxgmm.predict(dataclasses.replace(params, weights=jnp.asarray([1, 0])), X)
 
 
-def test_params_with_bad_values(X):
+@pytest.mark.parametrize("where", ["host", "device"])
+def test_params_with_bad_values(X, where, monkeypatch):
+    """Small parameters are checked in NumPy, large ones by a compiled program."""
     import dataclasses
 
+    if where == "device":
+        monkeypatch.setattr(jaxgmm._validation, "_HOST_SUMMARY_VALUES", 0)
     params = _params("full")
     nan_means = params.means.at[0, 0].set(jnp.nan)
     with _raises(ValueError, "NaN or infinite", "result.status"):

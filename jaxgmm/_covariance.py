@@ -345,13 +345,15 @@ class _MatrixCovariance:
 
     @staticmethod
     def precisions(precisions_cholesky: jax.Array) -> jax.Array:
-        """U @ U.T; (..., D, D) -> (..., D, D)."""
-        return precisions_cholesky @ jnp.swapaxes(precisions_cholesky, -1, -2)
+        """U @ U.T; (..., D, D) -> (..., D, D) (NumPy in, NumPy out)."""
+        xp = np if isinstance(precisions_cholesky, np.ndarray) else jnp
+        return precisions_cholesky @ xp.swapaxes(precisions_cholesky, -1, -2)
 
     @staticmethod
     def cholesky_diagonal(precisions_cholesky: jax.Array) -> jax.Array:
-        """Diagonal of the triangular factors; (..., D, D) -> (..., D)."""
-        return jnp.diagonal(precisions_cholesky, axis1=-2, axis2=-1)
+        """Diagonal of the triangular factors; (..., D, D) -> (..., D) (NumPy in, NumPy out)."""
+        xp = np if isinstance(precisions_cholesky, np.ndarray) else jnp
+        return xp.diagonal(precisions_cholesky, axis1=-2, axis2=-1)
 
     @staticmethod
     def variances(covariances: jax.Array) -> jax.Array:

@@ -198,10 +198,8 @@ def _to_device(value: np.ndarray) -> jax.Array:
 
 
 def _precisions(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Precisions from their Cholesky factors, in NumPy: U U^T (full, tied) or U^2."""
-    if covariance_type in ("full", "tied"):
-        return precisions_cholesky @ np.swapaxes(precisions_cholesky, -1, -2)
-    return precisions_cholesky**2
+    """Precisions from their Cholesky factors, in NumPy (no compiled program)."""
+    return covariance_model(covariance_type).precisions(np.asarray(precisions_cholesky))
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):

@@ -49,7 +49,7 @@ def _draw(key, index, resp, b, B, mask):
     return mean + jnp.einsum("cde,ce->cd", jnp.linalg.cholesky(padded), z)
 
 
-@jit(static_argnames=("method", "chunk_size"))
+@jit(data_argnum=1, static_argnames=("method", "chunk_size"))
 def _impute_program(params, X, mask, key, *, method: str, chunk_size: int):
     """Imputed (N, D) rows, chunk by chunk; X has finite values on missing entries."""
 

@@ -57,7 +57,7 @@ def _chunk_output(output: str, log_resp: jax.Array, log_norm: jax.Array) -> jax.
     return log_norm
 
 
-@jit(static_argnames=("output", "chunk_size", "sharding"))
+@jit(data_argnum=1, static_argnames=("output", "chunk_size", "sharding"))
 def _evaluate_program(
     params: GaussianMixtureParams,
     X: jax.Array,
@@ -213,7 +213,7 @@ def _evaluate_omitting(params, X, output: str, sample_weight, noise):
     return jnp.asarray(out)
 
 
-@jit(static_argnames=("output", "chunk_size"))
+@jit(data_argnum=1, static_argnames=("output", "chunk_size"))
 def _evaluate_incomplete_program(params, X, mask, noise, sample_weight, *, output, chunk_size):
     """Per-point ``output`` (or the score) of incomplete rows, chunk by chunk.
 

@@ -16,7 +16,7 @@ from jax._src.core import trace_state_clean
 # work is small, where the compile time is what a user waits for, are compiled without
 # them; the rest with XLA's defaults. A CPU debug option: other backends ignore it.
 FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-# Work = values in the array arguments x n_components x n_init (when the program takes
+# Work = values of the data argument x n_components x n_init (when the program takes
 # them). At most this much, an iteration costs well under a millisecond either way.
 FAST_COMPILE_WORK = 1 << 20
 
@@ -29,7 +29,8 @@ class _Program:
     the plain ``jax.jit`` one, compiled as part of the outer program.
     """
 
-    def __init__(self, fun: Callable, kwargs: dict):
+    def __init__(self, fun: Callable, kwargs: dict, data_argnum: int):
+        self.data_argnum = data_argnum
         self.fast_compile = jax.jit(fun, compiler_options=FAST_COMPILE_OPTIONS, **kwargs)
         self.fast_run = jax.jit(fun, **kwargs)
         update_wrapper(self, fun)
@@ -41,7 +42,8 @@ class _Program:
         """The jitted form for these arguments (see the module's constants)."""
         if not trace_state_clean():
             return self.fast_run
-        work = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+        data = args[self.data_argnum] if len(args) > self.data_argnum else None
+        work = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(data))
         work *= int(kwargs.get("n_components", 1)) * int(kwargs.get("n_init", 1))
         return self.fast_compile if work <= FAST_COMPILE_WORK else self.fast_run
 
@@ -55,16 +57,18 @@ class _Program:
         self.fast_run.clear_cache()
 
 
-def jit(fun: Callable | None = None, /, **kwargs) -> Callable:
+def jit(fun: Callable | None = None, /, *, data_argnum: int = 0, **kwargs) -> Callable:
     """``jax.jit(fun, **kwargs)`` with compiler options by problem size; a decorator too.
 
     Args:
         fun: the function to compile (omitted: returns a decorator taking it).
+        data_argnum: the positional argument that holds the data (its size measures
+            the work; not the history or other bookkeeping arrays).
         **kwargs: ``jax.jit``'s keyword arguments (``static_argnames``, ...).
 
     Returns:
         The jitted function.
     """
     if fun is None:
-        return partial(jit, **kwargs)
-    return _Program(fun, kwargs)
+        return partial(jit, data_argnum=data_argnum, **kwargs)
+    return _Program(fun, kwargs, data_argnum)

@@ -41,7 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgmm._covariance import FusedPartials, _log_lik_sum, _weighted_responsibilities
+from jaxgmm._covariance import (
+    FusedPartials,
+    _log_lik_sum,
+    _weighted_responsibilities,
+    covariance_model,
+)
 from jaxgmm._params import GaussianMixtureParams
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -198,7 +203,7 @@ def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedParti
     n_rows, n_features = x.shape
     missing = 1.0 - mask.astype(x.dtype)
     U = params.precisions_cholesky
-    tied = params.covariance_type == "tied"
+    tied = not covariance_model(params.covariance_type).per_component
     U = U[None] if tied else U
     log_weights = jnp.log(params.weights)
 

@@ -146,6 +146,7 @@ def _pass_function(kind: str, covariance_type: str, n_components: int):
 
 
 @jit(
+    data_argnum=1,
     static_argnames=("kind", "chunk_size", "covariance_type", "n_components", "matmul_precision"),
 )
 def _chunk_sums(
@@ -442,7 +443,7 @@ def _device_sample(scan: _Scan, center: np.ndarray, dtype, chunk_size: int):
     return x, w, index, chunk, mask
 
 
-@jit(static_argnames=("init", "n_components", "chunk", "matmul_precision"))
+@jit(data_argnum=1, static_argnames=("init", "n_components", "chunk", "matmul_precision"))
 def _seed_sample(keys, x, w, index, mask, *, init, n_components, chunk, matmul_precision):
     """Per restart: k-means centres, or seed rows and their positions in the sample.
 

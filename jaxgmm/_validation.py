@@ -618,9 +618,9 @@ def _host_params_summary(params: GaussianMixtureParams) -> tuple:
     """:func:`_params_summary` computed in NumPy."""
     leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(params)]
     finite = all(bool(np.isfinite(leaf).all()) for leaf in leaves)
-    weights, chol = np.asarray(params.weights), np.asarray(params.precisions_cholesky)
-    if params.covariance_type in ("full", "tied"):
-        chol = np.diagonal(chol, axis1=-2, axis2=-1)
+    model = covariance_model(params.covariance_type)
+    chol = model.cholesky_diagonal(np.asarray(params.precisions_cholesky))
+    weights = np.asarray(params.weights)
     return finite, weights.min(), weights.sum(), chol.min()
 
 
@@ -680,11 +680,12 @@ def check_params(params) -> GaussianMixtureParams:
     leaves = jax.tree_util.tree_leaves(params)
     if any(is_traced(leaf) for leaf in leaves):
         return params
+    small = sum(np.size(leaf) for leaf in leaves) <= _HOST_SUMMARY_VALUES
+    # (NumPy or concrete leaves, also when closed over by the user's jit: checked here.)
+    summary = _host_params_summary(params) if small else None  # no program per shape
     if not all(isinstance(leaf, jax.Array) for leaf in leaves):
         params = jax.tree_util.tree_map(jax.device_put, params)
-    if sum(np.size(leaf) for leaf in leaves) <= _HOST_SUMMARY_VALUES:
-        summary = _host_params_summary(params)  # no compiled program per shape
-    else:
+    if summary is None:
         summary = _params_summary(params)
         if any(is_traced(v) for v in summary):
             # Concrete params closed over by the user's jit/vmap/grad: the summary is

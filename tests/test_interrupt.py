@@ -284,6 +284,17 @@ _CHILD = textwrap.dedent(
 )
 
 
+def _default_sigint() -> None:
+    """In the child before it starts: SIGINT at its default and unblocked.
+
+    Ignored signals and the blocked-signal mask survive exec, so a child would inherit
+    them from whatever the test worker's state is; Python then never installs its
+    KeyboardInterrupt handler and the SIGINT these tests send would be lost.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _child_env() -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXGMM_COMPILATION_CACHE": "0"}
     env.pop("XLA_FLAGS", None)
@@ -332,6 +343,7 @@ def _interrupt_child(tmp_path: Path, modes: list[str]) -> tuple[dict, int]:
         stderr=subprocess.DEVNULL,
         text=True,
         env=_child_env(),
+        preexec_fn=_default_sigint,
     )
     ended = {}
     try:
@@ -401,6 +413,7 @@ def test_sigint_stops_the_command_line_with_status_130_and_no_output(tmp_path):
         stderr=subprocess.PIPE,
         env=_child_env(),
         cwd=tmp_path,
+        preexec_fn=_default_sigint,
     )
     try:
         seen = b""
@@ -492,6 +505,7 @@ def test_sigint_during_a_long_initialisation_surfaces_at_once(tmp_path):
         text=True,
         env=_child_env(),
         timeout=CHILD_TIMEOUT_S,
+        preexec_fn=_default_sigint,
     )
     line = done.stdout.strip().splitlines()[-1]
     assert line.startswith("KEYBOARDINTERRUPT"), done.stdout + done.stderr

@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 from jaxgmm._covariance import COVARIANCE_TYPES, covariance_model
 from jaxgmm._fit import fit as _fit
 from jaxgmm._inference import _evaluate as _evaluate_functional
+from jaxgmm._inference import count_parameters as _count_parameters
 from jaxgmm._inference import evaluate_checked as _evaluate_checked
 from jaxgmm._inference import sample as _sample
 from jaxgmm._inference import score as _score
@@ -718,8 +719,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _n_parameters(self) -> int:
         """Number of free parameters of the fitted model."""
         check_is_fitted(self)
-        k, d = np.shape(self.means_)
-        return int(covariance_model(self.covariance_type).n_parameters(k, d) + k * d + k - 1)
+        return _count_parameters(*np.shape(self.means_), self.covariance_type)
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X: (N, D) (lower is better)."""

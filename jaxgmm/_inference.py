@@ -421,9 +421,14 @@ def predict(params, X, *, nan_policy: str = "raise", noise_covariances=None) -> 
 def n_parameters(params) -> int:
     """Number of free parameters of the mixture (for BIC/AIC)."""
     params = _as_params(params)
-    k, d = params.n_components, params.n_features
-    cov = covariance_model(params.covariance_type).n_parameters(k, d)
-    return int(cov + k * d + k - 1)
+    return count_parameters(params.n_components, params.n_features, params.covariance_type)
+
+
+def count_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
+    """Free parameters of a K-component mixture in D dimensions: covariances, means and
+    K - 1 weights."""
+    cov = covariance_model(covariance_type).n_parameters(n_components, n_features)
+    return int(cov + n_components * n_features + n_components - 1)
 
 
 def _scored_rows(X, nan_policy: str) -> int:

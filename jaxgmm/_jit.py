@@ -9,10 +9,10 @@ import jax
 import numpy as np
 from jax._src.core import trace_state_clean
 
-# XLA's newer CPU fusion emitters make programs about twice as slow to compile but run
-# 1.2-1.8x faster (measured on jaxgmm's fits, 2-core CPU: default fit N = 1,000, D = 4,
-# K = 3 compiles in 0.8 s instead of 1.6-2.2 s without them; an EM iteration at
-# N = 100,000, D = 16, K = 16 takes 26 ms with them, 42 ms without). So problems whose
+# XLA's newer CPU fusion emitters make programs slower to compile but run 1.2-1.8x
+# faster (measured on jaxgmm's fits, 2-core CPU: a default fit at N = 1,000, D = 4, K = 3
+# spends 1.1-1.3 s in XLA without them, 1.8-1.9 s with them; an EM iteration at
+# N = 100,000, D = 16, K = 16 takes 19-26 ms with them, 31-42 ms without). So problems whose
 # work is small, where the compile time is what a user waits for, are compiled without
 # them; the rest with XLA's defaults. A CPU debug option: other backends ignore it.
 FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}

@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from jaxgmm._buckets import first_rows, row_layout
+from jaxgmm._buckets import SMALL_ROW_WORK, component_bucket, first_rows, row_layout
 from jaxgmm._chunking import chunk_size_for, chunked_map
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import log_resp_and_norm
 from jaxgmm._incomplete import incomplete_log_prob
 from jaxgmm._jit import jit
 from jaxgmm._keys import as_key
-from jaxgmm._params import GaussianMixtureParams
+from jaxgmm._params import GaussianMixtureParams, padded_components
 from jaxgmm._rows import IN_MEMORY, Sharded
 from jaxgmm._sharding import (
     RowSharding,
@@ -296,7 +296,8 @@ def evaluate_checked(
         The (N, ...) per-point output, or the () score.
     """
     dtype = params.means.dtype
-    n_samples = X.shape[0]
+    n_samples, n_components = X.shape[0], params.n_components
+    params = _scoring_params(params, X)
     max_chunk = _max_chunk(params.n_components, params.n_features)
     if isinstance(X, np.ndarray):
         # One host copy pads (copies of row 0, weight zero) and casts; the compiled
@@ -325,9 +326,31 @@ def evaluate_checked(
     out = _evaluate_program(params, X, sample_weight, output=output, chunk_size=chunk)
     if output == "score":
         return out
+    if output == "predict_proba" and params.n_components != n_components:
+        out = np.asarray(out)[:n_samples, :n_components]  # the true components' columns
+        return out if host_rows else jax.device_put(out)
     if host_rows:
         return np.asarray(out)[:n_samples]
     return out if n_rows == n_samples else first_rows(out, n_samples)
+
+
+def _scoring_params(params: GaussianMixtureParams, X) -> GaussianMixtureParams:
+    """Parameters padded to the fits' component bucket when compiling is what costs.
+
+    Scoring few rows takes microseconds and compiling its program about 0.3 s, so for
+    small problems models with K = 1..4 (and 5..8) share one scoring program, as their
+    fits do (:func:`jaxgmm._buckets.component_bucket`): a model-selection loop over K
+    compiles a few programs, not one per K. Padded components have weight 0 and change
+    no output; traced or multi-device parameters and data are left as they are.
+    """
+    n_components, n_features = params.n_components, params.n_features
+    row_work = X.shape[0] * n_features * n_features
+    if row_work > SMALL_ROW_WORK or is_traced(X) or leading_axis_sharding(X) is not None:
+        return params
+    leaves = jax.tree_util.tree_leaves(params)
+    if any(is_traced(a) or len(getattr(a, "devices", lambda: ())()) > 1 for a in leaves):
+        return params
+    return padded_components(params, component_bucket(n_components, row_work))
 
 
 @lru_cache(maxsize=64)

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 
 import jax
+import numpy as np
 
 from jaxgmm._buckets import first_rows
 from jaxgmm._covariance import covariance_model
@@ -144,3 +145,50 @@ def first_components(params: GaussianMixtureParams, n_components: int) -> Gaussi
         covariances=cut(params.covariances, keep),
         precisions_cholesky=cut(params.precisions_cholesky, keep),
     )
+
+
+# Padded copies of a concrete params object, by component count: made once per object
+# (its arrays never change), so repeated calls pay for neither the copy nor the transfer.
+_PADDED = "_jaxgmm_padded_components"
+
+
+def padded_components(params: GaussianMixtureParams, n_padded: int) -> GaussianMixtureParams:
+    """``params`` with inactive components appended up to ``n_padded`` (concrete only).
+
+    The inverse of :func:`first_components`: the new components are copies of
+    component 0 with weight exactly 0, so their log-weight is -inf and they add
+    nothing to any density, responsibility or score, while every value stays finite.
+    Built in NumPy and moved to the device once; cached on ``params``.
+
+    Args:
+        params: concrete parameters with K <= ``n_padded`` components.
+        n_padded: K_pad.
+
+    Returns:
+        Parameters with weights (K_pad,), means (K_pad, D) and covariance-shaped
+        arrays with K_pad components (a tied covariance is shared and unchanged).
+    """
+    if params.n_components == n_padded:
+        return params
+    cache = params.__dict__.setdefault(_PADDED, {})
+    if n_padded not in cache:
+        extra = n_padded - params.n_components
+        per_component = covariance_model(params.covariance_type).per_component
+
+        def pad(a, fill_with_zero=False):
+            a = np.asarray(a)
+            tail = np.zeros_like(a[:1]) if fill_with_zero else a[:1]
+            return np.concatenate([a, np.repeat(tail, extra, axis=0)])
+
+        cache[n_padded] = dataclasses.replace(
+            params,
+            weights=jax.device_put(pad(params.weights, fill_with_zero=True)),
+            means=jax.device_put(pad(params.means)),
+            covariances=jax.device_put(pad(params.covariances))
+            if per_component
+            else params.covariances,
+            precisions_cholesky=jax.device_put(pad(params.precisions_cholesky))
+            if per_component
+            else params.precisions_cholesky,
+        )
+    return cache[n_padded]

@@ -115,6 +115,51 @@ def test_predictions_of_nearby_row_counts_compile_once():
     assert count[0] == 0
 
 
+def _numpy_log_densities(params, X) -> np.ndarray:
+    """(N, K) log w_k + log N(x; mu_k, Sigma_k) from the covariances, in float64 NumPy."""
+    weights, means = np.asarray(params.weights, float), np.asarray(params.means, float)
+    covariances = np.asarray(params.covariances, float)
+    out = np.empty((X.shape[0], len(weights)))
+    eye = np.eye(X.shape[1])
+    for k in range(len(weights)):
+        if params.covariance_type == "full":
+            sigma = covariances[k]
+        elif params.covariance_type == "tied":
+            sigma = covariances
+        elif params.covariance_type == "diag":
+            sigma = np.diag(covariances[k])
+        else:
+            sigma = covariances[k] * eye
+        diff = X - means[k]
+        _, logdet = np.linalg.slogdet(sigma)
+        mahalanobis = np.einsum("nd,nd->n", diff, np.linalg.solve(sigma, diff.T).T)
+        out[:, k] = np.log(weights[k]) - 0.5 * (
+            X.shape[1] * np.log(2 * np.pi) + logdet + mahalanobis
+        )
+    return out
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
+def test_scoring_models_with_one_to_four_components_compiles_once(covariance_type):
+    """Small models with K = 1..4 share the scoring programs (padded to 4 components)."""
+    X = _data(200, seed=6).astype(np.float64)
+    models = [jaxgmm.fit(X, k, covariance_type=covariance_type, key=0).params for k in range(1, 5)]
+    outputs = ("score_samples", "predict", "predict_proba", "score")
+    for name in outputs:
+        getattr(jaxgmm, name)(models[3], X[:150])
+    with count_compilations() as count:
+        results = [[getattr(jaxgmm, name)(m, X[:150]) for name in outputs] for m in models]
+    assert count[0] == 0
+    for params, (log_density, labels, proba, score) in zip(models, results, strict=True):
+        reference = _numpy_log_densities(params, X[:150])
+        log_norm = np.logaddexp.reduce(reference, axis=1)
+        np.testing.assert_allclose(log_density, log_norm, rtol=1e-10)
+        np.testing.assert_array_equal(labels, np.argmax(reference, axis=1))
+        assert proba.shape == (150, params.n_components)
+        np.testing.assert_allclose(proba, np.exp(reference - log_norm[:, None]), atol=1e-10)
+        np.testing.assert_allclose(score, log_norm.mean(), rtol=1e-10)
+
+
 def _unpadded(monkeypatch):
     """Make fit skip every bucket: rows, components and iteration counts exact."""
     monkeypatch.setattr(jaxgmm._fit, "row_layout", lambda n, chunk: (n, min(n, chunk)))

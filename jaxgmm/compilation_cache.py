@@ -15,6 +15,10 @@ in the process. Importing jaxgmm therefore never turns it on. Turn it on explici
 The default folder is ``$XDG_CACHE_HOME/jaxgmm/xla`` (``~/.cache/jaxgmm/xla``). If the
 user has already configured a JAX cache folder (``jax_compilation_cache_dir``), the
 function leaves it alone unless a path is passed explicitly.
+
+JAX's cache still traces and lowers every program to compute its key (about 0.5 s for
+a fit program); jaxgmm's own programs are also stored whole in ``jaxgmm-programs/``
+inside the folder and found again without tracing (:mod:`jaxgmm._program_cache`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import os
 from pathlib import Path
 
 import jax
+
+from jaxgmm import _program_cache
 
 ENV_VAR = "JAXGMM_COMPILATION_CACHE"
 
@@ -59,7 +65,13 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     # otherwise compile again.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _program_cache.enable(folder)
     return folder
+
+
+def disable_compilation_cache() -> None:
+    """Stop writing and reading jaxgmm's programs on disk (JAX's cache folder setting stays)."""
+    _program_cache.disable()
 
 
 def enable_from_environment() -> Path | None:

@@ -249,10 +249,11 @@ def test_progress_default_follows_the_terminal(monkeypatch):
 def test_compilation_cache_setting(monkeypatch, tmp_path, setting, expected):
     import jax
 
-    from jaxgmm import cli
+    from jaxgmm import _program_cache, cli
 
     updates = {}
     monkeypatch.setattr(jax.config, "update", lambda name, value: updates.update({name: value}))
+    monkeypatch.setattr(_program_cache, "_folder", None)  # restored after the test
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("JAXGMM_COMPILATION_CACHE", setting.format(tmp=tmp_path))
     cli._enable_compilation_cache()

@@ -356,10 +356,10 @@ def fit(
         sample_weight,
         row_index,
         as_key(key),
-        jnp.asarray(tol, X.dtype),
-        jnp.asarray(reg_covar, X.dtype),
-        jnp.asarray(max_iter, jnp.int32),
-        jnp.asarray(n_components, jnp.int32),
+        _scalar(tol, X.dtype),
+        _scalar(reg_covar, X.dtype),
+        _scalar(max_iter, np.int32),
+        _scalar(n_components, np.int32),
         *inits,
         mask,
         noise,
@@ -385,11 +385,17 @@ def fit(
         result = dataclasses.replace(result, params=dataclasses.replace(result.params, means=means))
     elif offset is not None:
         means = np.asarray(result.params.means, np.float64) + offset
-        params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(X.dtype)))
+        params = dataclasses.replace(result.params, means=jax.device_put(means.astype(X.dtype)))
         result = dataclasses.replace(result, params=params)
     if concrete:
         mark_checked(result.params)  # finite (NON_FINITE raised above), weights sum to 1
     return result
+
+
+def _scalar(value, dtype):
+    """A () array of ``dtype``: NumPy for a concrete value (no eager device program to
+    compile in every new process), JAX for a traced one (e.g. ``reg_covar`` under grad)."""
+    return jnp.asarray(value, dtype) if is_traced(value) else np.asarray(value, dtype)
 
 
 def under_trace(values) -> bool:

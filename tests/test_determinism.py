@@ -91,3 +91,12 @@ def test_more_restarts_never_score_lower(covariance_type):
         assert float(three.lower_bound) >= float(one.lower_bound), seed
         assert float(three.restart_lower_bounds[0]) == float(one.lower_bound), seed
         assert float(three.lower_bound) == float(np.max(np.asarray(three.restart_lower_bounds)))
+
+
+def test_integer_seeds_give_jax_random_keys():
+    """Seeds become keys on the host, bit for bit the keys ``jax.random.key`` makes."""
+    from jaxgmm._keys import as_key
+
+    for seed in (0, 1, 12345, 2**31 - 1, 2**31, 2**32 + 5, 2**40 + 3):
+        ours = np.asarray(jax.random.key_data(as_key(seed)))
+        np.testing.assert_array_equal(ours, np.asarray(jax.random.key_data(jax.random.key(seed))))

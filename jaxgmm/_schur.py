@@ -22,9 +22,13 @@ inverted by the sweep operator, S vectorised pivot steps over all (row, componen
 pairs of a chunk with the matrix axes leading: no per-matrix library call, and no
 batches of tiny matrix products (both slow in XLA on a CPU). A chunk's rows are
 sorted by their number of missing entries and cut into static tiers of growing S
-(:func:`tier_plan`: S = D/8, D/4, 3D/8, D/2 for 30, 45, 20, 4.5 % of the rows, then
-D), sized so that tables with up to ~20 % of entries missing at random fit them; a
-chunk whose rows do not fit is done at S = D for every row (still exact, slower).
+(:func:`tier_plan`: S = D/8, D/4, 3D/8, D/2 for 28, 46, 21, 4 % of the rows, then D
+for the last 1 %), sized so that a 1024-row chunk of a table with 20 % of its entries
+missing at random fails to fit them with probability about 1e-4 (binomial counts); a
+chunk whose rows do not fit is done at S = D for every row (still exact, some 30 times
+slower for that chunk). The filled rows of all tiers are put back together for the
+products that follow (quadratic forms, responsibilities, second moments), and the
+H^-1 terms of all tiers go through one segment sum.
 Tied covariances invert one H per row, not per component. Rows with no observed
 entry get log-density 0 (H = Lambda, delta = 0), as in :mod:`jaxgmm._incomplete`;
 rows with weight zero (padding) take no tier room.
@@ -53,7 +57,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 # Tiers as (fraction of a chunk's rows, fraction of D for the padded block): rows
 # sorted by missing count fill them in order; the last tier always takes S = D.
-_TIERS = ((0.30, 0.125), (0.75, 0.25), (0.95, 0.375), (0.995, 0.5), (1.0, 1.0))
+_TIERS = ((0.28, 0.125), (0.74, 0.25), (0.95, 0.375), (0.99, 0.5), (1.0, 1.0))
 _MIN_TIERED_ROWS = 64
 
 
@@ -121,16 +125,56 @@ def invert(H: jax.Array) -> tuple[jax.Array, jax.Array]:
     return log_det, -A  # sweeping every pivot leaves -H^-1
 
 
-def block_moments(
-    x, missing, weight, means, precisions_cholesky, log_weights, block: int, tied: bool
-):
-    """Log-likelihood and expected statistics of rows with at most ``block`` missing entries.
+def _solve_tier(z, z_precision, missing, precision, block: int):
+    """The missing blocks of rows with at most ``block`` missing entries, solved.
 
     Args:
-        x: (R, D) centred rows (any value on missing entries); missing: (R, D) 1.0
-            where missing; weight: (R,); means: (K, D);
+        z: (K, R, D) centred rows, 0 on missing entries; z_precision: (K, R, D) ``Lambda z``;
+        missing: (R, D) 1.0 where missing; precision: (P, D, D), P = K or 1;
+        block: S, static.
+
+    Returns:
+        delta: (K, R) rows filled with E[x_m | x_o] - mu_m; log_det: (P, R) log|H|;
+        weighted_inverse: a function of g (P, R) giving ((pairs, R, P) g-weighted upper
+        triangles of H^-1, (pairs, R) their flat D x D positions).
+    """
+    n_features = z.shape[-1]
+    index, real = _missing_slots(missing, block)  # (R, S)
+    # Small axes (slots) lead, rows trail: the S x S algebra is elementwise over rows.
+    u = jnp.moveaxis(jnp.take_along_axis(z_precision, index[None], axis=2), -1, 0)
+    u = u * real.T[:, None]  # (S, K, R)
+    pairs = index.T[:, None, :] * n_features + index.T[None, :, :]  # (S, S, R)
+    H = jnp.moveaxis(jnp.take(precision.reshape(precision.shape[0], -1), pairs, axis=1), 0, 2)
+    both = (real.T[:, None] * real.T[None, :])[:, :, None]  # (S, S, 1, R)
+    eye = jnp.eye(block, dtype=z.dtype)[:, :, None, None]
+    H = H * both + (1.0 - real.T)[:, None, None, :] * eye  # (S, S, P, R)
+    log_det, h_inv = invert(H)  # (P, R), (S, S, P, R)
+    # y = -H^-1 u (S, K, R); P broadcasts against K. Sums over the small axes are
+    # written out: XLA's CPU reductions over them are far slower.
+    y = -sum(h_inv[:, b] * u[b] for b in range(block))
+    fill = jnp.where(
+        jnp.arange(n_features, dtype=jnp.int32) == index.T[:, :, None], real.T[:, :, None], 0.0
+    )  # (S, R, D)
+    delta = z + sum(y[a][..., None] * fill[a] for a in range(block))  # (K, R, D)
+    upper = np.flatnonzero(np.triu(np.ones((block, block), bool)))  # static slot pairs a <= b
+
+    def weighted_inverse(g):
+        parts = (g * h_inv * both).reshape((block * block,) + g.shape)[upper]
+        return jnp.swapaxes(parts, 1, 2), pairs.reshape(block * block, -1)[upper]
+
+    return delta, log_det, weighted_inverse
+
+
+def tiers_partials(x, missing, weight, means, precisions_cholesky, log_weights, plan, tied: bool):
+    """Log-likelihood and expected statistics of a chunk whose rows fit ``plan``'s tiers.
+
+    Args:
+        x: (C, D) centred rows (any value on missing entries); missing: (C, D) 1.0
+            where missing; weight: (C,); means: (K, D);
         precisions_cholesky: (K, D, D) full or (1, D, D) tied upper factors U;
-        log_weights: (K,); block: S, static; tied: shared covariance (static).
+        log_weights: (K,); plan: static tiers ((start, stop, S), ...) covering the
+            rows, each row of a tier with at most S missing entries; tied: shared
+            covariance (static).
 
     Returns:
         :class:`FusedPartials` with ``moments = (n_k (K,), s_x (K, D), s_xx)``
@@ -141,40 +185,30 @@ def block_moments(
     U = precisions_cholesky  # (P, D, D), P = K or 1
     precision = U @ jnp.swapaxes(U, -1, -2)
     log_det_cov = -2.0 * jnp.sum(jnp.log(jnp.diagonal(U, axis1=-2, axis2=-1)), axis=-1)  # (P,)
-    index, real = _missing_slots(missing, block)  # (R, S)
-    # Small axes (slots) lead, rows trail: the S x S algebra is elementwise over rows.
-    z = observed[None] * (x[None] - means[:, None])  # (K, R, D)
-    u = jnp.moveaxis(jnp.take_along_axis(z @ precision, index[None], axis=2), -1, 0)
-    u = u * real.T[:, None]  # (S, K, R)
-    pairs = index.T[:, None, :] * n_features + index.T[None, :, :]  # (S, S, R)
-    H = jnp.moveaxis(jnp.take(precision.reshape(precision.shape[0], -1), pairs, axis=1), 0, 2)
-    both = (real.T[:, None] * real.T[None, :])[:, :, None]  # (S, S, 1, R)
-    eye = jnp.eye(block, dtype=x.dtype)[:, :, None, None]
-    H = H * both + (1.0 - real.T)[:, None, None, :] * eye  # (S, S, P, R)
-    log_det_block, h_inv = invert(H)  # (P, R), (S, S, P, R)
-    # y = -H^-1 u (S, K, R) and the filled rows; P broadcasts against K. Sums over the
-    # small axes are written out: XLA's CPU reductions over them are far slower.
-    y = -sum(h_inv[:, b] * u[b] for b in range(block))
-    fill = jnp.where(
-        jnp.arange(n_features, dtype=jnp.int32) == index.T[:, :, None], real.T[:, :, None], 0.0
-    )
-    delta = z + sum(y[a][..., None] * fill[a] for a in range(block))  # (K, R, D)
+    z = observed[None] * (x[None] - means[:, None])  # (K, C, D)
+    z_precision = z @ precision  # one product for the whole chunk
+    tiers = [
+        _solve_tier(z[:, a:b], z_precision[:, a:b], missing[a:b], precision, block)
+        for a, b, block in plan
+    ]
+    delta = jnp.concatenate([t[0] for t in tiers], axis=1)  # (K, C, D)
+    log_det_block = jnp.concatenate([t[1] for t in tiers], axis=1)  # (P, C)
     white = delta @ U  # rows (U^T delta)^T
-    n_obs = jnp.sum(observed, axis=1)  # (R,)
+    n_obs = jnp.sum(observed, axis=1)  # (C,)
     log_prob = log_weights[:, None] - 0.5 * (
         jnp.sum(white * white, axis=-1) + log_det_cov[:, None] + log_det_block + n_obs * _LOG_2PI
-    )  # (K, R)
-    g, log_norm = _weighted_responsibilities(log_prob, weight)  # (K, R)
+    )  # (K, C)
+    g, log_norm = _weighted_responsibilities(log_prob, weight)  # (K, C)
     weighted = g[..., None] * delta
     filled = jnp.einsum("krd,kre->kde", weighted, delta)
-    # sum_r g E^T H^-1 E, from the upper triangle of each H^-1 (slots a <= b)
-    upper = np.flatnonzero(np.triu(np.ones((block, block), bool)))  # static
-    g_block = jnp.sum(g, axis=0, keepdims=True) if tied else g  # (P, R)
-    parts = (g_block * h_inv * both).reshape((block * block,) + g_block.shape)[upper]
-    pair_index = pairs.reshape(block * block, -1)[upper]  # (pairs, R)
+    # sum_r g E^T H^-1 E: every tier's g-weighted upper triangles, one segment sum
+    g_block = jnp.sum(g, axis=0, keepdims=True) if tied else g  # (P, C)
+    parts, positions = zip(
+        *(t[2](g_block[:, a:b]) for t, (a, b, _) in zip(tiers, plan, strict=True)), strict=True
+    )
     spread = jax.ops.segment_sum(
-        jnp.swapaxes(parts, 1, 2).reshape(-1, precision.shape[0]),
-        pair_index.reshape(-1),
+        jnp.concatenate([p.reshape(-1, g_block.shape[0]) for p in parts]),
+        jnp.concatenate([p.reshape(-1) for p in positions]),
         num_segments=n_features * n_features,
     )  # (D * D, P): the upper triangle of each component's sum
     spread = jnp.moveaxis(spread.reshape(n_features, n_features, -1), -1, 0)
@@ -190,8 +224,8 @@ def block_moments(
 def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedPartials:
     """Expected statistics of one chunk with missing entries, full or tied covariances.
 
-    Sorts the chunk's rows by missing count and sums :func:`block_moments` over the
-    static tiers of :func:`tier_plan`, or over all rows at S = D when they do not fit.
+    Sorts the chunk's rows by missing count and runs :func:`tiers_partials` on the
+    static tiers of :func:`tier_plan`, or on all rows at S = D when they do not fit.
 
     Args:
         x: (C, D) centred rows; weight: (C,); mask: (C, D) bool, True where observed;
@@ -207,25 +241,23 @@ def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedParti
     U = U[None] if tied else U
     log_weights = jnp.log(params.weights)
 
-    def moments(x, missing, weight, block):
-        return block_moments(x, missing, weight, params.means, U, log_weights, block, tied)
+    def moments(x, missing, weight, plan):
+        return tiers_partials(x, missing, weight, params.means, U, log_weights, plan, tied)
 
     plan = tier_plan(n_rows, n_features)
+    whole = ((0, n_rows, n_features),)
     if len(plan) == 1:
-        return moments(x, missing, weight, n_features)
+        return moments(x, missing, weight, whole)
     count = jnp.where(weight > 0, jnp.sum(missing, axis=1), 0.0)
     order = jnp.argsort(count, stable=True)
     x, missing, weight, count = x[order], missing[order], weight[order], count[order]
+    missing = jnp.where(weight[:, None] > 0, missing, 0.0)  # padding rows take no tier room
     fits = jnp.all(jnp.stack([count[stop - 1] <= block for _, stop, block in plan]))
-
-    def tiered(x, missing, weight):
-        parts = [
-            moments(x[a:b], jnp.where(weight[a:b, None] > 0, missing[a:b], 0.0), weight[a:b], block)
-            for a, b, block in plan
-        ]
-        return jax.tree_util.tree_map(lambda *p: sum(p[1:], p[0]), *parts)
-
-    def whole(x, missing, weight):
-        return moments(x, missing, weight, n_features)
-
-    return jax.lax.cond(fits, tiered, whole, x, missing, weight)
+    return jax.lax.cond(
+        fits,
+        lambda *rows: moments(*rows, plan),
+        lambda *rows: moments(*rows, whole),
+        x,
+        missing,
+        weight,
+    )

@@ -75,22 +75,23 @@ def tier_plan(n_rows: int, n_features: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(plan)
 
 
-def _missing_slots(missing: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
-    """Each row's missing coordinates in order, padded to ``block`` slots.
+def _missing_slots(missing: jax.Array, block: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each row's missing coordinates in order, padded to ``block`` slots, slots first.
 
     Args:
         missing: (R, D) 1.0 where the entry is missing; block: S, at least every
             row's missing count.
 
     Returns:
-        index: (R, S) int32 coordinate in each slot (0 on padding);
-        real: (R, S) 1.0 on slots that hold a missing coordinate.
+        one_hot: (S, R, D) 1.0 at the coordinate each slot holds (rows of E);
+        index: (S, R) int32 coordinate in each slot (0 on padding);
+        real: (S, R) 1.0 on slots that hold a missing coordinate.
     """
     position = jnp.cumsum(missing, axis=1) - 1.0  # (R, D): slot of each missing entry
-    slots = jnp.arange(block, dtype=missing.dtype)
-    E = jnp.where(position[:, None, :] == slots[None, :, None], missing[:, None, :], 0.0)
-    index = jnp.sum(E * jnp.arange(missing.shape[1], dtype=missing.dtype), axis=-1)
-    return index.astype(jnp.int32), jnp.sum(E, axis=-1)
+    slots = jnp.arange(block, dtype=missing.dtype)[:, None, None]
+    one_hot = jnp.where(position[None] == slots, missing[None], 0.0)  # (S, R, D)
+    index = jnp.sum(one_hot * jnp.arange(missing.shape[1], dtype=missing.dtype), axis=-1)
+    return one_hot, index.astype(jnp.int32), jnp.sum(one_hot, axis=-1)
 
 
 def invert(H: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -125,44 +126,48 @@ def invert(H: jax.Array) -> tuple[jax.Array, jax.Array]:
     return log_det, -A  # sweeping every pivot leaves -H^-1
 
 
-def _solve_tier(z, z_precision, missing, precision, block: int):
-    """The missing blocks of rows with at most ``block`` missing entries, solved.
+def _solve_tier(z_precision, missing, precision, rows: tuple[int, int], block: int):
+    """The missing blocks of the chunk's ``rows``, each with at most ``block`` missing entries.
+
+    Slot axes lead and the component axis trails: every gather below fetches K (or
+    P) contiguous values, and the S x S algebra is elementwise along (R, P).
 
     Args:
-        z: (K, R, D) centred rows, 0 on missing entries; z_precision: (K, R, D) ``Lambda z``;
-        missing: (R, D) 1.0 where missing; precision: (P, D, D), P = K or 1;
-        block: S, static.
+        z_precision: (C, D, K) ``Lambda z`` of the chunk's centred rows (0 on missing
+            entries); missing: (C, D) 1.0 where missing; precision: (D * D, P) the
+            precision matrices' entries, P = K or 1; rows: static (start, stop) of the
+            tier, R rows; block: S, static.
 
     Returns:
-        delta: (K, R) rows filled with E[x_m | x_o] - mu_m; log_det: (P, R) log|H|;
-        weighted_inverse: a function of g (P, R) giving ((pairs, R, P) g-weighted upper
-        triangles of H^-1, (pairs, R) their flat D x D positions).
+        fill: (K, R, D) ``E^T y``, what fills the missing entries (delta = z + fill);
+        log_det: (R, P) log|H|; weighted_inverse: a function of g (R, P) giving the
+        g-weighted upper triangles of H^-1 (pairs, R, P) and their flat D x D
+        positions (pairs, R).
     """
-    n_features = z.shape[-1]
-    index, real = _missing_slots(missing, block)  # (R, S)
-    # Small axes (slots) lead, rows trail: the S x S algebra is elementwise over rows.
-    u = jnp.moveaxis(jnp.take_along_axis(z_precision, index[None], axis=2), -1, 0)
-    u = u * real.T[:, None]  # (S, K, R)
-    pairs = index.T[:, None, :] * n_features + index.T[None, :, :]  # (S, S, R)
-    H = jnp.moveaxis(jnp.take(precision.reshape(precision.shape[0], -1), pairs, axis=1), 0, 2)
-    both = (real.T[:, None] * real.T[None, :])[:, :, None]  # (S, S, 1, R)
-    eye = jnp.eye(block, dtype=z.dtype)[:, :, None, None]
-    H = H * both + (1.0 - real.T)[:, None, None, :] * eye  # (S, S, P, R)
-    log_det, h_inv = invert(H)  # (P, R), (S, S, P, R)
-    # y = -H^-1 u (S, K, R); P broadcasts against K. Sums over the small axes are
+    n_features = z_precision.shape[1]
+    start, stop = rows
+    one_hot, index, real = _missing_slots(missing[start:stop], block)  # slots lead
+    row = jnp.arange(start, stop, dtype=jnp.int32) * n_features
+    u = z_precision.reshape(-1, z_precision.shape[-1])[row + index] * real[..., None]  # (S, R, K)
+    pairs = index[:, None, :] * n_features + index[None, :, :]  # (S, S, R)
+    both = (real[:, None] * real[None, :])[..., None]  # (S, S, R, 1)
+    eye = jnp.eye(block, dtype=z_precision.dtype)[:, :, None, None]
+    H = precision[pairs] * both + (1.0 - real)[:, None, :, None] * eye  # identity on padding
+    log_det, h_inv = invert(H.reshape(block, block, -1))  # one flat batch axis
+    log_det, h_inv = log_det.reshape(H.shape[2:]), h_inv.reshape(H.shape)  # (R, P), (S, S, R, P)
+    # y = -H^-1 u (S, R, K); P broadcasts against K. Sums over the small axes are
     # written out: XLA's CPU reductions over them are far slower.
     y = -sum(h_inv[:, b] * u[b] for b in range(block))
-    fill = jnp.where(
-        jnp.arange(n_features, dtype=jnp.int32) == index.T[:, :, None], real.T[:, :, None], 0.0
-    )  # (S, R, D)
-    delta = z + sum(y[a][..., None] * fill[a] for a in range(block))  # (K, R, D)
+    # computed once (not again for every d of fill), then components first
+    y = jnp.swapaxes(jax.lax.optimization_barrier(y), 1, 2)  # (S, K, R)
+    fill = sum(y[a][..., None] * one_hot[a] for a in range(block))  # (K, R, D)
     upper = np.flatnonzero(np.triu(np.ones((block, block), bool)))  # static slot pairs a <= b
 
     def weighted_inverse(g):
         parts = (g * h_inv * both).reshape((block * block,) + g.shape)[upper]
-        return jnp.swapaxes(parts, 1, 2), pairs.reshape(block * block, -1)[upper]
+        return parts, pairs.reshape(block * block, -1)[upper]
 
-    return delta, log_det, weighted_inverse
+    return fill, log_det, weighted_inverse
 
 
 def tiers_partials(x, missing, weight, means, precisions_cholesky, log_weights, plan, tied: bool):
@@ -186,13 +191,12 @@ def tiers_partials(x, missing, weight, means, precisions_cholesky, log_weights, 
     precision = U @ jnp.swapaxes(U, -1, -2)
     log_det_cov = -2.0 * jnp.sum(jnp.log(jnp.diagonal(U, axis1=-2, axis2=-1)), axis=-1)  # (P,)
     z = observed[None] * (x[None] - means[:, None])  # (K, C, D)
-    z_precision = z @ precision  # one product for the whole chunk
-    tiers = [
-        _solve_tier(z[:, a:b], z_precision[:, a:b], missing[a:b], precision, block)
-        for a, b, block in plan
-    ]
-    delta = jnp.concatenate([t[0] for t in tiers], axis=1)  # (K, C, D)
-    log_det_block = jnp.concatenate([t[1] for t in tiers], axis=1)  # (P, C)
+    # Lambda z as (C, D, K) and the precisions as (D * D, P): components trail
+    z_precision = jnp.transpose(z @ precision, (1, 2, 0))
+    table = jnp.transpose(precision, (1, 2, 0)).reshape(n_features * n_features, -1)
+    tiers = [_solve_tier(z_precision, missing, table, (a, b), S) for a, b, S in plan]
+    delta = z + jnp.concatenate([t[0] for t in tiers], axis=1)  # (K, C, D) filled rows
+    log_det_block = jnp.concatenate([t[1] for t in tiers]).T  # (P, C)
     white = delta @ U  # rows (U^T delta)^T
     n_obs = jnp.sum(observed, axis=1)  # (C,)
     log_prob = log_weights[:, None] - 0.5 * (
@@ -204,7 +208,7 @@ def tiers_partials(x, missing, weight, means, precisions_cholesky, log_weights, 
     # sum_r g E^T H^-1 E: every tier's g-weighted upper triangles, one segment sum
     g_block = jnp.sum(g, axis=0, keepdims=True) if tied else g  # (P, C)
     parts, positions = zip(
-        *(t[2](g_block[:, a:b]) for t, (a, b, _) in zip(tiers, plan, strict=True)), strict=True
+        *(t[2](g_block[:, a:b].T) for t, (a, b, _) in zip(tiers, plan, strict=True)), strict=True
     )
     spread = jax.ops.segment_sum(
         jnp.concatenate([p.reshape(-1, g_block.shape[0]) for p in parts]),

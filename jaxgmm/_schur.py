@@ -58,15 +58,23 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # Tiers as (fraction of a chunk's rows, fraction of D for the padded block): rows
 # sorted by missing count fill them in order; the last tier always takes S = D.
 _TIERS = ((0.28, 0.125), (0.74, 0.25), (0.95, 0.375), (0.99, 0.5), (1.0, 1.0))
+# When a chunk's rows do not fit _TIERS (more missing entries, or few missingness
+# patterns with uneven counts), these before S = D for every row.
+_LOOSE_TIERS = ((0.5, 0.25), (0.95, 0.5), (1.0, 1.0))
 _MIN_TIERED_ROWS = 64
 
 
-def tier_plan(n_rows: int, n_features: int) -> tuple[tuple[int, int, int], ...]:
-    """Static tiers ((start, stop, S), ...) for a chunk of ``n_rows`` sorted rows."""
+def tier_plan(
+    n_rows: int, n_features: int, tiers: tuple[tuple[float, float], ...] = _TIERS
+) -> tuple[tuple[int, int, int], ...]:
+    """Static tiers ((start, stop, S), ...) for a chunk of ``n_rows`` sorted rows.
+
+    ``tiers``: (fraction of the rows, fraction of D for the padded block) pairs.
+    """
     if n_rows < _MIN_TIERED_ROWS:
         return ((0, n_rows, n_features),)
     plan, start = [], 0
-    for row_fraction, block_fraction in _TIERS:
+    for row_fraction, block_fraction in tiers:
         stop = n_rows if row_fraction >= 1.0 else int(row_fraction * n_rows)
         block = max(1, min(n_features, math.ceil(block_fraction * n_features)))
         if stop > start:
@@ -229,7 +237,8 @@ def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedParti
     """Expected statistics of one chunk with missing entries, full or tied covariances.
 
     Sorts the chunk's rows by missing count and runs :func:`tiers_partials` on the
-    static tiers of :func:`tier_plan`, or on all rows at S = D when they do not fit.
+    static tiers of :func:`tier_plan`, or when the rows do not fit them on the looser
+    tiers of ``_LOOSE_TIERS``, or else on all rows at S = D.
 
     Args:
         x: (C, D) centred rows; weight: (C,); mask: (C, D) bool, True where observed;
@@ -248,19 +257,19 @@ def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedParti
     def moments(x, missing, weight, plan):
         return tiers_partials(x, missing, weight, params.means, U, log_weights, plan, tied)
 
-    plan = tier_plan(n_rows, n_features)
+    plans = (tier_plan(n_rows, n_features), tier_plan(n_rows, n_features, _LOOSE_TIERS))
     whole = ((0, n_rows, n_features),)
-    if len(plan) == 1:
+    if len(plans[0]) == 1:
         return moments(x, missing, weight, whole)
     count = jnp.where(weight > 0, jnp.sum(missing, axis=1), 0.0)
     order = jnp.argsort(count, stable=True)
     x, missing, weight, count = x[order], missing[order], weight[order], count[order]
     missing = jnp.where(weight[:, None] > 0, missing, 0.0)  # padding rows take no tier room
-    fits = jnp.all(jnp.stack([count[stop - 1] <= block for _, stop, block in plan]))
-    return jax.lax.cond(
-        fits,
-        lambda *rows: moments(*rows, plan),
-        lambda *rows: moments(*rows, whole),
+    fits = [jnp.all(jnp.stack([count[stop - 1] <= S for _, stop, S in plan])) for plan in plans]
+    first_fitting = jnp.where(fits[0], 0, jnp.where(fits[1], 1, 2))
+    return jax.lax.switch(
+        first_fitting,
+        [lambda *rows, plan=plan: moments(*rows, plan) for plan in (*plans, whole)],
         x,
         missing,
         weight,

@@ -116,6 +116,12 @@ def invert(H: jax.Array) -> tuple[jax.Array, jax.Array]:
     Returns:
         log_det: (...); H_inv: (S, S, ...).
     """
+    log_det, negative_inverse = sweep_all(H)
+    return log_det, -negative_inverse
+
+
+def sweep_all(H: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log|H| and -H^-1 (what sweeping every pivot leaves), shapes as :func:`invert`."""
     size = H.shape[0]
     batch = (1,) * (H.ndim - 2)
 
@@ -131,7 +137,7 @@ def invert(H: jax.Array) -> tuple[jax.Array, jax.Array]:
         return A, log_det + jnp.log(pivot)
 
     A, log_det = jax.lax.fori_loop(0, size, sweep, (H, jnp.zeros(H.shape[2:], H.dtype)))
-    return log_det, -A  # sweeping every pivot leaves -H^-1
+    return log_det, A
 
 
 def _solve_tier(z_precision, missing, precision, rows: tuple[int, int], block: int):
@@ -161,18 +167,18 @@ def _solve_tier(z_precision, missing, precision, rows: tuple[int, int], block: i
     both = (real[:, None] * real[None, :])[..., None]  # (S, S, R, 1)
     eye = jnp.eye(block, dtype=z_precision.dtype)[:, :, None, None]
     H = precision[pairs] * both + (1.0 - real)[:, None, :, None] * eye  # identity on padding
-    log_det, h_inv = invert(H.reshape(block, block, -1))  # one flat batch axis
-    log_det, h_inv = log_det.reshape(H.shape[2:]), h_inv.reshape(H.shape)  # (R, P), (S, S, R, P)
+    log_det, minus_inv = sweep_all(H.reshape(block, block, -1))  # one flat batch axis
+    log_det, minus_inv = log_det.reshape(H.shape[2:]), minus_inv.reshape(H.shape)  # -H^-1
     # y = -H^-1 u (S, R, K); P broadcasts against K. Sums over the small axes are
     # written out: XLA's CPU reductions over them are far slower.
-    y = -sum(h_inv[:, b] * u[b] for b in range(block))
+    y = sum(minus_inv[:, b] * u[b] for b in range(block))
     # computed once (not again for every d of fill), then components first
     y = jnp.swapaxes(jax.lax.optimization_barrier(y), 1, 2)  # (S, K, R)
     fill = sum(y[a][..., None] * one_hot[a] for a in range(block))  # (K, R, D)
     upper = np.flatnonzero(np.triu(np.ones((block, block), bool)))  # static slot pairs a <= b
 
     def weighted_inverse(g):
-        parts = (g * h_inv * both).reshape((block * block,) + g.shape)[upper]
+        parts = (-g * minus_inv * both).reshape((block * block,) + g.shape)[upper]
         return parts, pairs.reshape(block * block, -1)[upper]
 
     return fill, log_det, weighted_inverse

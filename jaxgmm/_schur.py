@@ -20,15 +20,20 @@ expected statistics around the means are ``s_x = sum g delta`` and
 Each row's missing block is padded to a static size S (identity on the padding) and
 inverted by the sweep operator, S vectorised pivot steps over all (row, component)
 pairs of a chunk with the matrix axes leading: no per-matrix library call, and no
-batches of tiny matrix products (both slow in XLA on a CPU). A chunk's rows are
-sorted by their number of missing entries and cut into static tiers of growing S
-(:func:`tier_plan`: S = D/8, D/4, 3D/8, D/2 for 28, 46, 21, 4 % of the rows, then D
-for the last 1 %), sized so that a 1024-row chunk of a table with 20 % of its entries
-missing at random fails to fit them with probability about 1e-4 (binomial counts); a
-chunk whose rows do not fit is done at S = D for every row (still exact, some 30 times
-slower for that chunk). The filled rows of all tiers are put back together for the
-products that follow (quadratic forms, responsibilities, second moments), and the
-H^-1 terms of all tiers go through one segment sum.
+batches of tiny matrix products (both slow in XLA on a CPU). Slot-space arrays keep
+the slots first and the components last, (S, S, R, K): the gathers of u and H fetch
+K contiguous values per slot (a gather of single values, or one behind a transpose,
+cost several times more), and the sweep runs along one flat (R * K) batch axis. A
+chunk's rows are sorted by their number of missing entries and cut into static tiers
+of growing S (:func:`tier_plan`: S = D/8, D/4, 3D/8, D/2 for 28, 46, 21, 4 % of the
+rows, then D for the last 1 %), sized so that a 1024-row chunk of a table with 20 %
+of its entries missing at random misses them with probability about 1e-5 (binomial
+counts). A chunk that misses them tries looser tiers (S = D/4, D/2, D for 50, 45,
+5 %: uneven counts, such as a few missingness patterns), and else runs at S = D for
+every row (still exact, some 30 times slower for that chunk). The filled rows of all
+tiers are put back together for the products that follow (quadratic forms,
+responsibilities, second moments), and the H^-1 terms of all tiers go through one
+segment sum.
 Tied covariances invert one H per row, not per component. Rows with no observed
 entry get log-density 0 (H = Lambda, delta = 0), as in :mod:`jaxgmm._incomplete`;
 rows with weight zero (padding) take no tier room.
@@ -59,7 +64,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # sorted by missing count fill them in order; the last tier always takes S = D.
 _TIERS = ((0.28, 0.125), (0.74, 0.25), (0.95, 0.375), (0.99, 0.5), (1.0, 1.0))
 # When a chunk's rows do not fit _TIERS (more missing entries, or few missingness
-# patterns with uneven counts), these before S = D for every row.
+# patterns with uneven counts), these are tried before S = D for every row.
 _LOOSE_TIERS = ((0.5, 0.25), (0.95, 0.5), (1.0, 1.0))
 _MIN_TIERED_ROWS = 64
 
@@ -140,7 +145,13 @@ def sweep_all(H: jax.Array) -> tuple[jax.Array, jax.Array]:
     return log_det, A
 
 
-def _solve_tier(z_precision, missing, precision, rows: tuple[int, int], block: int):
+def _solve_tier(
+    z_precision: jax.Array,
+    missing: jax.Array,
+    precision: jax.Array,
+    rows: tuple[int, int],
+    block: int,
+):
     """The missing blocks of the chunk's ``rows``, each with at most ``block`` missing entries.
 
     Slot axes lead and the component axis trails: every gather below fetches K (or
@@ -184,7 +195,16 @@ def _solve_tier(z_precision, missing, precision, rows: tuple[int, int], block: i
     return fill, log_det, weighted_inverse
 
 
-def tiers_partials(x, missing, weight, means, precisions_cholesky, log_weights, plan, tied: bool):
+def tiers_partials(
+    x: jax.Array,
+    missing: jax.Array,
+    weight: jax.Array,
+    means: jax.Array,
+    precisions_cholesky: jax.Array,
+    log_weights: jax.Array,
+    plan: tuple[tuple[int, int, int], ...],
+    tied: bool,
+) -> FusedPartials:
     """Log-likelihood and expected statistics of a chunk whose rows fit ``plan``'s tiers.
 
     Args:

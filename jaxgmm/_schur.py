@@ -288,7 +288,11 @@ def schur_partials(x, weight, mask, params: GaussianMixtureParams) -> FusedParti
     if len(plans[0]) == 1:
         return moments(x, missing, weight, whole)
     count = jnp.where(weight > 0, jnp.sum(missing, axis=1), 0.0)
-    order = jnp.argsort(count, stable=True)
+    if (n_features + 1) * n_rows < 2**31:  # one sort of unique int32 keys (count, row)
+        row = jnp.arange(n_rows, dtype=jnp.int32)
+        order = jax.lax.sort(count.astype(jnp.int32) * n_rows + row) % n_rows
+    else:
+        order = jnp.argsort(count, stable=True)
     x, missing, weight, count = x[order], missing[order], weight[order], count[order]
     missing = jnp.where(weight[:, None] > 0, missing, 0.0)  # padding rows take no tier room
     fits = [jnp.all(jnp.stack([count[stop - 1] <= S for _, stop, S in plan])) for plan in plans]

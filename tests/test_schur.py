@@ -14,7 +14,7 @@ import pytest
 
 from jaxgmm._covariance import covariance_model
 from jaxgmm._params import GaussianMixtureParams
-from jaxgmm._schur import invert, schur_partials, tier_plan
+from jaxgmm._schur import _LOOSE_TIERS, invert, schur_partials, tier_plan
 
 
 def reference_sums(X, mask, weight, weights, means, covs, covariance_type):
@@ -82,10 +82,10 @@ def _params(weights, means, covs, covariance_type, dtype):
     )
 
 
-def _fits_tiers(mask, weight):
+def _fits_tiers(mask, weight, *tiers):
     """Independently: whether the sorted missing counts fit tier_plan's blocks."""
     counts = np.sort(np.where(weight > 0, (~mask).sum(axis=1), 0))
-    return all(counts[stop - 1] <= block for _, stop, block in tier_plan(*mask.shape))
+    return all(counts[stop - 1] <= block for _, stop, block in tier_plan(*mask.shape, *tiers))
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])
@@ -110,6 +110,28 @@ def test_chunk_sums_match_observed_block_reference(covariance_type, fraction, ti
     np.testing.assert_allclose(got.moments[2], s_xx, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(got.log_lik_sum, total, rtol=1e-11)
     np.testing.assert_allclose(got.n, weight.sum())
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_rows_beyond_the_tiers_take_the_loose_tiers_exactly(covariance_type):
+    """Uneven missing counts (few patterns) that miss the tiers but fit the loose ones."""
+    rng = np.random.default_rng(5)
+    N, D, K = 96, 6, 3
+    X, _, weights, means, covs = _problem(rng, N, D, K, 0.0, covariance_type)
+    counts = rng.permutation(np.repeat([0, 1, 2, 3, 5], [8, 12, 40, 32, 4]))
+    mask = np.ones((N, D), bool)
+    for row, count in enumerate(counts):
+        mask[row, rng.choice(D, count, replace=False)] = False
+    weight = rng.uniform(0.5, 2.0, N)
+    assert not _fits_tiers(mask, weight) and _fits_tiers(mask, weight, _LOOSE_TIERS)
+    with jax.enable_x64(True):
+        params = _params(weights, means, covs, covariance_type, jnp.float64)
+        got = jax.jit(schur_partials)(jnp.asarray(X), jnp.asarray(weight), mask, params)
+    n_k, s_x, s_xx, total = reference_sums(X, mask, weight, weights, means, covs, covariance_type)
+    np.testing.assert_allclose(got.moments[0], n_k, rtol=1e-10)
+    np.testing.assert_allclose(got.moments[1], s_x, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got.moments[2], s_xx, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got.log_lik_sum, total, rtol=1e-11)
 
 
 def test_float32_stays_accurate_for_ill_conditioned_covariances():

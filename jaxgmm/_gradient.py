@@ -11,11 +11,13 @@ on the negative mean log-likelihood, all steps in one compiled ``lax.scan``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgmm._covariance import covariance_model
 from jaxgmm._fit import fit
@@ -104,10 +106,39 @@ def mean_log_likelihood(
     Returns:
         () sum_n w_n log p(x_n) / sum_n w_n.
     """
+    return weighted_log_likelihood_sum(raw, X, sample_weight, covariance_type) / jnp.sum(
+        sample_weight
+    )
+
+
+def weighted_log_likelihood_sum(
+    raw: UnconstrainedParams, X: jax.Array, sample_weight: jax.Array, covariance_type: str
+) -> jax.Array:
+    """Weighted log-likelihood summed over the rows; differentiable in ``raw`` and ``X``.
+
+    Args:
+        raw: unconstrained parameters; X: (N, D); sample_weight: (N,).
+        covariance_type: the covariance model's name.
+
+    Returns:
+        () sum_n w_n log p(x_n).
+    """
     model = covariance_model(covariance_type)
     log_prob = model.log_prob(X, raw.means, model.from_unconstrained(raw.cholesky))
     log_norm = jax.nn.logsumexp(log_prob + jax.nn.log_softmax(raw.logits), axis=1)
-    return jnp.sum(sample_weight * log_norm) / jnp.sum(sample_weight)
+    return jnp.sum(sample_weight * log_norm)
+
+
+def is_source(X) -> bool:
+    """Whether ``X`` is read chunk by chunk: a path, a callable, or an array-like that
+    is not a NumPy or JAX array (a zarr array, an h5py dataset)."""
+    if isinstance(X, (str, os.PathLike)):
+        return True
+    if isinstance(X, (np.ndarray, jax.Array, list, tuple)):
+        return False
+    if all(hasattr(X, name) for name in ("shape", "dtype", "__getitem__")):
+        return getattr(X, "ndim", len(X.shape)) == 2 and not hasattr(X, "__array_namespace__")
+    return callable(X)
 
 
 def _check_optimizer(optimizer):
@@ -182,6 +213,7 @@ def fit_gradient(
     means_init=None,
     precisions_init=None,
     sample_weight=None,
+    chunk_rows: int | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by gradient ascent on the log-likelihood with optax.
 
@@ -192,9 +224,18 @@ def fit_gradient(
     ``n_steps`` steps in one compiled ``lax.scan`` (compiled once per call: the
     optimiser is part of the program).
 
+    Data larger than memory are read chunk by chunk when ``X`` is a source that
+    :func:`jaxgmm.fit_stream` reads (a ``.npy`` path, an array-like with row slicing
+    that is not a NumPy or JAX array, such as a zarr array or an h5py dataset, or a
+    zero-argument callable returning an iterator of chunks): the start is
+    ``fit_stream``'s initialisation, each step takes ``batch_size`` consecutive rows
+    (in the source's order, cycling over it: shuffle a sorted file first) or, with
+    ``batch_size=None``, the exact full-data gradient summed over one pass; only a
+    few chunks are in memory at a time (:mod:`jaxgmm._gradient_stream`).
+
     Args:
         X: (N, D) data, fitted in float64 when x64 is enabled and X is float64,
-            else float32.
+            else float32; or a source, as above.
         n_components: K.
         optimizer: an optax ``GradientTransformation``; default ``optax.adam(0.02)``
             (a step of about 0.02 in the means' units and the log-factors: standardise X).
@@ -206,6 +247,8 @@ def fit_gradient(
             precisions_init, sample_weight: as in :func:`jaxgmm.fit`. ``reg_covar``
             only regularises the initialisation: gradient steps have no covariance
             floor.
+        chunk_rows: for a source only: rows per chunk of its passes (initialisation,
+            full-data steps, the final score); default as in :func:`jaxgmm.fit_stream`.
 
     Returns:
         A :class:`FitResult`: ``history`` (n_steps,) the loss (negative mean
@@ -223,6 +266,32 @@ def fit_gradient(
     _check_int(n_steps, "n_steps", minimum=1)
     optimizer = _check_optimizer(optimizer)
     check_key(key)
+    if is_source(X):
+        if batch_size is not None:
+            _check_int(batch_size, "batch_size", minimum=1)
+        from jaxgmm._gradient_stream import fit_gradient_stream
+
+        return fit_gradient_stream(
+            X,
+            n_components,
+            optimizer=optimizer,
+            n_steps=int(n_steps),
+            batch_size=None if batch_size is None else int(batch_size),
+            chunk_rows=chunk_rows,
+            covariance_type=covariance_type,
+            reg_covar=reg_covar,
+            init=init,
+            key=key,
+            weights_init=weights_init,
+            means_init=means_init,
+            precisions_init=precisions_init,
+            sample_weight=sample_weight,
+        )
+    if chunk_rows is not None:
+        raise ValueError(
+            "chunk_rows applies to sources read chunk by chunk (a .npy path, an array-like "
+            "such as a zarr array, a callable); X here is an in-memory array."
+        )
     data = check_data(X)
     if is_traced(data):
         raise TypeError("fit_gradient needs concrete X; it does not run under jit or vmap.")

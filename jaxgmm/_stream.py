@@ -616,6 +616,51 @@ def _result(states: LoopState, center, max_iter):
 # ----------------------------------------------------------------------------- API
 
 
+def open_stream(
+    source,
+    chunk_rows: int | None,
+    sample_weight,
+    nan_policy: str,
+    chunk_size: int | None,
+    n_components: int,
+    covariance_type: str,
+) -> tuple[ChunkStream, int]:
+    """Check ``chunk_rows``, open ``source`` and cut it into compiled-size chunks.
+
+    Args:
+        source, chunk_rows, sample_weight, nan_policy, chunk_size: as in
+            :func:`fit_stream`.
+        n_components, covariance_type: the model (they size the E-step's blocks).
+
+    Returns:
+        The :class:`ChunkStream` (``n_features`` known, also for callables) and the
+        rows per E-step block within a chunk.
+    """
+    if chunk_rows is not None and (
+        isinstance(chunk_rows, bool)
+        or not isinstance(chunk_rows, (int, np.integer))
+        or chunk_rows < 1
+    ):
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}.")
+    reader = open_source(source, int(chunk_rows or 1), sample_weight)
+    n_features = reader.n_features
+    if n_features is None:  # a callable: look at its first chunk
+        n_features = _peek_features(reader)
+    default_rows = max(1, CHUNK_VALUES // max(n_features, 1))
+    rows_per_chunk = int(chunk_rows or default_rows)
+    if reader.n_rows is not None:
+        rows_per_chunk = min(rows_per_chunk, max(reader.n_rows, 1))
+    if hasattr(reader, "block_rows"):
+        reader.block_rows = rows_per_chunk
+    if hasattr(reader, "reader"):
+        reader.reader.block_rows = rows_per_chunk
+    sub = min(_max_chunk(chunk_size, n_components, n_features, covariance_type), rows_per_chunk)
+    device_rows = -(-rows_per_chunk // sub) * sub
+    stream = ChunkStream(reader, rows_per_chunk, device_rows, nan_policy)
+    stream.n_features = n_features
+    return stream, sub
+
+
 def fit_stream(
     source,
     n_components: int,
@@ -704,29 +749,11 @@ def fit_stream(
         nan_policy,
     ).check(n_components)
     check_key(key)
-    if chunk_rows is not None and (
-        isinstance(chunk_rows, bool)
-        or not isinstance(chunk_rows, (int, np.integer))
-        or chunk_rows < 1
-    ):
-        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}.")
-    reader = open_source(source, int(chunk_rows or 1), sample_weight)
-    n_features = reader.n_features
-    if n_features is None:  # a callable: look at its first chunk
-        n_features = _peek_features(reader)
-    default_rows = max(1, CHUNK_VALUES // max(n_features, 1))
-    rows_per_chunk = int(chunk_rows or default_rows)
-    if reader.n_rows is not None:
-        rows_per_chunk = min(rows_per_chunk, max(reader.n_rows, 1))
-    if hasattr(reader, "block_rows"):
-        reader.block_rows = rows_per_chunk
-    if hasattr(reader, "reader"):
-        reader.reader.block_rows = rows_per_chunk
-    sub = min(_max_chunk(chunk_size, n_components, n_features, covariance_type), rows_per_chunk)
-    device_rows = -(-rows_per_chunk // sub) * sub
-    stream = ChunkStream(reader, rows_per_chunk, device_rows, nan_policy)
-    stream.n_features = n_features
-    source_dtype = reader.dtype  # (a callable's: its first chunk's)
+    stream, sub = open_stream(
+        source, chunk_rows, sample_weight, nan_policy, chunk_size, n_components, covariance_type
+    )
+    n_features = stream.n_features
+    source_dtype = stream.reader.dtype  # (a callable's: its first chunk's)
     dtype = compute_dtype(source_dtype)
     inits = check_initial_params(
         weights_init, means_init, precisions_init, covariance_type, n_components, n_features, dtype

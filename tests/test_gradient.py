@@ -184,3 +184,54 @@ def test_invalid_input_raises_plain_errors(data):
         jaxgmm.fit_gradient(bad, 3)
     with pytest.raises(ValueError, match="covariance_type"):
         jaxgmm.fit_gradient(data, 3, covariance_type="diagonal")
+
+
+# ---------------------------------------------------------------- data read in chunks
+
+
+def test_streamed_full_batch_steps_equal_in_memory_steps(data, tmp_path):
+    """batch_size=None on a file: the exact gradient summed over chunks, step for step."""
+    path = tmp_path / "data.npy"
+    np.save(path, data)
+    options = dict(optimizer=optax.adam(0.02), n_steps=40, means_init=GOOD_START)
+    in_memory = jaxgmm.fit_gradient(data, 3, **options)
+    streamed = jaxgmm.fit_gradient(str(path), 3, chunk_rows=128, **options)  # 3 chunks
+    np.testing.assert_allclose(streamed.history, in_memory.history, rtol=1e-9)
+    np.testing.assert_allclose(streamed.lower_bound, in_memory.lower_bound, rtol=1e-9)
+    for field in ("weights", "means", "covariances"):
+        np.testing.assert_allclose(
+            getattr(streamed.params, field), getattr(in_memory.params, field), rtol=1e-7
+        )
+    np.testing.assert_allclose(streamed.lower_bound, jaxgmm.score(streamed.params, data))
+
+
+def test_streamed_minibatches_from_a_callable_improve_the_fit(data):
+    def chunks():
+        return (data[i : i + 100] for i in range(0, len(data), 100))
+
+    start = jaxgmm.fit(data, 3, max_iter=0, means_init=POOR_START).params
+    result = jaxgmm.fit_gradient(chunks, 3, n_steps=300, batch_size=64, means_init=POOR_START)
+    assert float(result.lower_bound) > float(jaxgmm.score(start, data)) + 0.1
+    assert np.all(np.isfinite(result.history)) and result.history.shape == (300,)
+    np.testing.assert_allclose(result.lower_bound, jaxgmm.score(result.params, data))
+
+
+def test_a_non_finite_streamed_step_keeps_the_last_finite_parameters(data, tmp_path):
+    def nan_updates(grads, state, params=None):
+        return jax.tree_util.tree_map(lambda g: g * jnp.nan, grads), state
+
+    poisoned = optax.GradientTransformation(lambda params: optax.EmptyState(), nan_updates)
+    path = tmp_path / "data.npy"
+    np.save(path, data)
+    start = jaxgmm.fit(data, 3, max_iter=0, means_init=GOOD_START).params
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        result = jaxgmm.fit_gradient(
+            path, 3, optimizer=poisoned, n_steps=4, batch_size=50, means_init=GOOD_START
+        )
+    assert int(result.status) == jaxgmm.Status.NON_FINITE
+    np.testing.assert_allclose(result.params.means, start.means, rtol=1e-9)
+    assert np.isfinite(result.history[0]) and np.all(np.isnan(result.history[1:]))
+    with pytest.raises(ValueError, match="chunk_rows"):
+        jaxgmm.fit_gradient(data, 3, chunk_rows=100)
+    with pytest.raises(ValueError, match="batch_size"):
+        jaxgmm.fit_gradient(path, 3, batch_size=0)

@@ -327,15 +327,28 @@ def fit_gradient(
     with jax.default_matmul_precision("highest"), jax.numpy_dtype_promotion("standard"):
         X_device, weights = jnp.asarray(data, dtype), jnp.asarray(weights, dtype)
         raw, finite, history, final = run(to_unconstrained(start), X_device, weights, batch_key)
-    finite = bool(finite)
+    params = from_unconstrained(raw, covariance_type)
+    return gradient_result(params, final, history, n_steps, bool(finite))
+
+
+def gradient_result(
+    params, final, history, n_steps: int, finite: bool, stacklevel: int = 3
+) -> FitResult:
+    """The :class:`FitResult` of a gradient fit; warns when a step went non-finite.
+
+    Args:
+        params: the final (last finite) parameters; final: () their mean
+            log-likelihood; history: (n_steps,) the loss before each step.
+        n_steps: the steps asked for; finite: whether every step stayed finite.
+        stacklevel: the warning's, pointing at the user's call of ``fit_gradient``.
+    """
     if not finite:
         warnings.warn(
             "fit_gradient: a step produced non-finite values; the result holds the last "
             "finite parameters (status NON_FINITE). Lower the learning rate or standardise X.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    params = from_unconstrained(raw, covariance_type)
     return FitResult(
         params=params,
         lower_bound=final,

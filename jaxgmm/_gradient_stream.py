@@ -12,7 +12,6 @@ chunks. Only a few chunks are in memory at a time.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterator
 
 import jax
@@ -21,12 +20,13 @@ import numpy as np
 
 from jaxgmm._gradient import (
     from_unconstrained,
+    gradient_result,
     to_unconstrained,
     weighted_log_likelihood_sum,
 )
 from jaxgmm._iterate import all_finite
 from jaxgmm._jit import jit
-from jaxgmm._params import FitResult, Status
+from jaxgmm._params import FitResult
 from jaxgmm._sources import ChunkStream, read_ahead
 from jaxgmm._stream import fit_stream, open_stream
 
@@ -164,23 +164,8 @@ def fit_gradient_stream(
         value, weight = _pass_sums(
             _chunk_log_likelihood, raw, passes, dtype, center, covariance_type
         )
-    if not finite:
-        warnings.warn(
-            "fit_gradient: a step produced non-finite values; the result holds the last "
-            "finite parameters (status NON_FINITE). Lower the learning rate or standardise X.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
     params = from_unconstrained(raw, covariance_type)
     means = (np.asarray(params.means, np.float64) + center).astype(dtype)
     params = dataclasses.replace(params, means=jax.device_put(means))
-    final = value / weight
-    return FitResult(
-        params=params,
-        lower_bound=final,
-        n_iter=jnp.asarray(n_steps, jnp.int32),
-        converged=jnp.asarray(False),
-        status=jnp.asarray(Status.MAX_ITER if finite else Status.NON_FINITE, jnp.int32),
-        history=jnp.asarray(history, dtype),
-        restart_lower_bounds=final[None],
-    )
+    history = jnp.asarray(history, dtype)
+    return gradient_result(params, value / weight, history, n_steps, finite, stacklevel=4)

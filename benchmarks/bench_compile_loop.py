@@ -64,6 +64,8 @@ _CHILD = textwrap.dedent(
             if name == "/jax/core/compile/backend_compile_duration":
                 events.append([str(kw.get("fun_name", "?")), secs, hit[0]])
                 hit[0] = False
+            elif name == "/jaxgmm/program_cache/load_duration":  # jaxgmm's own store
+                events.append([str(kw.get("fun_name", "?")), secs, True])
 
         monitoring.register_event_listener(on_event)
         monitoring.register_event_duration_secs_listener(on_duration)
@@ -385,7 +387,10 @@ def render_loop(r: dict) -> list[str]:
         f"({rounds} rounds); the speed-up is the median of the rounds' ratios. "
         "*Programs compiled* count XLA compilations during the loop (JAX's "
         "`/jax/core/compile/backend_compile_duration` events that were not "
-        "`/jax/compilation_cache/cache_hits`); *jaxgmm programs* are those of jaxgmm's "
+        "`/jax/compilation_cache/cache_hits`); *loaded from cache* counts JAX's cache "
+        "hits and the programs jaxgmm loads whole from its own store (its "
+        "`/jaxgmm/program_cache/load_duration` events: no tracing, no lowering); "
+        "*jaxgmm programs* are those of jaxgmm's "
         "own jitted functions, *fit programs* those of them named `*fit*` (the others are "
         "small helpers such as the parameter check), the rest JAX's small helper "
         "programs; *XLA compile* sums the compilations' backend-compile seconds, per "

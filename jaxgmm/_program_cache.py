@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 import zlib
 from collections import OrderedDict
 from functools import cache
@@ -31,6 +32,8 @@ import jax
 import numpy as np
 
 SUBFOLDER = "jaxgmm-programs"
+# A jax.monitoring duration event for every program loaded from the folder.
+LOAD_EVENT = "/jaxgmm/program_cache/load_duration"
 _SUFFIX = ".jaxgmm-program"
 # Executables kept in memory after loading or compiling (most recently used).
 _MAX_IN_MEMORY = 128
@@ -88,8 +91,14 @@ def call(name: str, jitted, static_argnames: frozenset, args: tuple, kwargs: dic
     executable = _in_memory.get(key)
     if executable is None:
         path = folder / (hashlib.sha256(key.encode()).hexdigest() + _SUFFIX)
+        began = time.perf_counter()
         executable = _load(path, key)
-        if executable is None:
+        if executable is not None:  # reported like JAX's own compile events
+            function = name.split("\n")[0].rsplit(".", 1)[-1]
+            jax.monitoring.record_event_duration_secs(
+                LOAD_EVENT, time.perf_counter() - began, fun_name=f"jit({function})"
+            )
+        else:
             executable = jitted.lower(*args, **kwargs).compile()
             _store(path, key, executable)
         _in_memory[key] = executable

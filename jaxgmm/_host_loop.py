@@ -3,7 +3,8 @@
 Python regains control after every block (:mod:`jaxgmm._blocks`), and the progress
 bar moves. Blocks run asynchronously: the next one is queued before the host waits
 for the running one (so the device does not idle between blocks), and the host waits
-in short sleeps, so a KeyboardInterrupt (Ctrl-C, a notebook's interrupt button)
+on an event a helper thread sets when the block is done (noticed at once), in short
+timed waits, so a KeyboardInterrupt (Ctrl-C, a notebook's interrupt button)
 surfaces at once, even during a long initialisation (k-means) or block; the abandoned
 computation finishes in the background and its result is dropped. Blocks are sized from the
 measured time per iteration so that one takes about :data:`TARGET_SECONDS`: the
@@ -14,6 +15,7 @@ remembered, so a repeated fit starts with blocks of the right size.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -35,9 +37,9 @@ FIRST_BLOCK = 4
 # cannot come from each process's clock: they double up to this many iterations.
 DISTRIBUTED_BLOCK = 64
 _MAX_REMEMBERED = 256
-# Longest sleep between two checks of whether a block has finished: the delay a
-# block's end can go unnoticed (well under 1 % of a TARGET_SECONDS block).
-_MAX_POLL_SECONDS = 1e-3
+# Longest wait of the main thread between two chances for a KeyboardInterrupt to
+# surface (a block's end itself is noticed at once, see fetch_when_ready).
+_WAIT_SECONDS = 0.05
 # Fits smaller than this many multiply-adds (rows x components x (D^2 + D + 1) x
 # restarts x max_iter) run as one program: under 0.2 s even at 1 GFLOP/s, so an
 # interrupt still surfaces well within a second, and small fits (many data sets in a
@@ -156,15 +158,26 @@ def _is_ready(tree) -> bool:
 
 
 def fetch_when_ready(tree):
-    """``jax.device_get(tree)``, waiting for it in short sleeps.
+    """``jax.device_get(tree)``, waiting for it without holding up a KeyboardInterrupt.
 
-    A blocking get would hold a KeyboardInterrupt until the computation ends; a sleep
-    is interrupted at once.
+    A blocking get in the main thread would hold a KeyboardInterrupt until the
+    computation ends. A helper thread blocks instead and sets an event the moment the
+    arrays are ready; the main thread waits on that event in short timed waits, which
+    a signal interrupts at once. An abandoned helper ends with its computation (the
+    interpreter waits for it at exit, so the runtime is not torn down under it).
     """
-    pause = 1e-4
-    while not _is_ready(tree):
-        time.sleep(pause)
-        pause = min(2 * pause, _MAX_POLL_SECONDS)
+    if not _is_ready(tree):
+        ready = threading.Event()
+
+        def wait() -> None:
+            try:
+                jax.block_until_ready(tree)
+            finally:
+                ready.set()
+
+        threading.Thread(target=wait, name="jaxgmm-block-wait").start()
+        while not ready.wait(_WAIT_SECONDS):
+            pass
     return jax.device_get(tree)
 
 

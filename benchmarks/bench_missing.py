@@ -134,11 +134,11 @@ def main(argv=None) -> Path:
         # (type, N, D, K, a, b): cheap iterations get more of them, so that the
         # difference of the two fits' times stands well above their fixed costs.
         shapes = [
-            ("full", 100_000, 16, 16, 1, 3),
+            ("full", 100_000, 16, 16, 1, 5),
             ("diag", 100_000, 16, 16, 2, 22),
             ("spherical", 100_000, 16, 16, 2, 22),
         ]
-        rounds = 3
+        rounds = 7
     results = [run(n, d, k, ct, a, b, rounds) for ct, n, d, k, a, b in shapes]
     markdown = render(info, results, args.quick)
     return publish("bench_missing", markdown, {"machine": info, "results": results}, args.out)

@@ -64,6 +64,9 @@ def fits_in_one_block(
 
 
 _seconds_per_iteration: OrderedDict[Hashable, float] = OrderedDict()
+# Iterations the last fit of each program ran (its slowest restart), to queue no block
+# past the expected end of the next fit.
+_iterations_needed: OrderedDict[Hashable, int] = OrderedDict()
 
 
 def run_blocks(
@@ -113,10 +116,12 @@ def run_blocks(
         while True:
             # The next block is queued before this one is waited for, so the device
             # never idles while the host wakes up; its budget lags one block behind.
-            # None is queued when this block can reach max_iter (a block queued after
-            # the last one would run no iteration and only cost time).
+            # None is queued when this block can reach max_iter, or the iterations the
+            # last fit of this program needed (a block queued after the last one would
+            # run no iteration and only cost time; if more are needed after all, the
+            # next block is dispatched when this one ends).
             queued = None
-            if reach < max_iter:
+            if reach < _queue_limit(program, max_iter):
                 queued = advance(block[0], jnp.asarray(budget, jnp.int32)), reach + budget
             still_running, last_n_iter, lower_bound = fetch_when_ready(block[2])
             state, result = block[0], block[1]
@@ -131,10 +136,11 @@ def run_blocks(
             if not still_running:
                 if slowest > 0.0:
                     _remember(program, slowest)
+                _remember_iterations(program, n_iter)
                 return result
             timed = True
             budget = _next_budget(budget, per_iteration, max_iter)
-            if queued is None:  # not expected: this block could reach max_iter
+            if queued is None:  # this block was expected to be the last one
                 queued = advance(state, jnp.asarray(budget, jnp.int32)), n_iter + budget
             block, reach = queued
     except KeyboardInterrupt as interrupt:
@@ -199,6 +205,25 @@ def _next_budget(budget: int, per_iteration: float, max_iter: int) -> int:
 def _clip(budget: float, max_iter: int) -> int:
     """``budget`` as an int in [1, max_iter] (1 when max_iter is 0)."""
     return int(np.clip(budget, 1, max(1, max_iter)))
+
+
+def _queue_limit(program: Hashable, max_iter: int) -> int:
+    """Queue a next block only while the blocks so far reach fewer iterations than this.
+
+    Under jax.distributed every process must dispatch the same blocks in the same
+    order, so only max_iter (the same everywhere) decides there.
+    """
+    if jax.process_count() > 1:
+        return max_iter
+    return min(max_iter, _iterations_needed.get(program, max_iter))
+
+
+def _remember_iterations(program: Hashable, n_iter: int) -> None:
+    """Keep the iterations a program's last fit ran (most recently used programs only)."""
+    _iterations_needed[program] = max(int(n_iter), 1)
+    _iterations_needed.move_to_end(program)
+    while len(_iterations_needed) > _MAX_REMEMBERED:
+        _iterations_needed.popitem(last=False)
 
 
 def _remember(program: Hashable, seconds: float) -> None:

@@ -220,6 +220,31 @@ def test_small_fits_run_as_one_program_and_large_ones_in_blocks(monkeypatch):
     assert len(calls) == 1
 
 
+def test_a_repeated_fit_queues_no_block_past_its_last_end(monkeypatch):
+    """Blocks are queued ahead only while the last fit of the program needed more
+    iterations: a repeat of a fit that ended inside its first block runs one block."""
+    from jaxgmm import _host_loop
+
+    monkeypatch.setattr(_host_loop, "_iterations_needed", type(_host_loop._iterations_needed)())
+    monkeypatch.setattr(_host_loop, "_first_budget", lambda program, max_iter: 50)
+    blocks = []
+    real_advance = jaxgmm._fit.fit_advance
+
+    def counting_advance(*args, **kwargs):
+        blocks.append(int(args[-1]))  # the budget
+        return real_advance(*args, **kwargs)
+
+    monkeypatch.setattr(jaxgmm._fit, "fit_advance", counting_advance)
+    X = _data(np.float64)
+    first = jaxgmm.fit(X, 3, max_iter=100, tol=1e-3)
+    assert 0 < int(first.n_iter) < 50
+    assert len(blocks) == 2  # the first block, and one queued before it ended
+    blocks.clear()
+    again = jaxgmm.fit(X, 3, max_iter=100, tol=1e-3)
+    assert len(blocks) == 1
+    np.testing.assert_array_equal(again.params.means, first.params.means)
+
+
 def test_on_interrupt_is_checked_before_anything_is_traced(monkeypatch):
     def engine(*args, **kwargs):
         raise AssertionError("reached the engine")

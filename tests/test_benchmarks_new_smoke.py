@@ -2,6 +2,7 @@
 --quick mode: each runs and writes its table (no timing assertions: performance is
 checked by running the benchmarks, never by unit tests)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -67,9 +68,14 @@ def test_bench_realdata_quick_writes_table(tmp_path, monkeypatch):
 def test_bench_blocks_quick_writes_table(tmp_path, monkeypatch):
     bench = _import_benchmark("bench_blocks", monkeypatch)
     text = bench.main(["--quick", "--out", str(tmp_path)]).read_text()
-    assert "| workload | fit | blocks ms | one program ms | overhead |" in text
+    header = "| workload | fit | blocks ms | one program ms | measured overhead | blocks |"
+    assert header in text
     assert "| W1 | full, N=2,000, D=16, K=16, 40 iterations (tol=0) |" in text
-    assert (tmp_path / "bench_blocks.json").exists()
+    result = json.loads((tmp_path / "bench_blocks.json").read_text())["W1"]
+    assert result["blocks_per_fit"] >= 1 and result["empty_block_s"] > 0
+    assert result["estimated_ratio"] == pytest.approx(
+        1 + result["blocks_per_fit"] * result["empty_block_s"] / result["one_program_s"]
+    )
 
 
 def test_bench_missing_quick_writes_table(tmp_path, monkeypatch):

@@ -266,6 +266,18 @@ def fit_gradient(
     _check_int(n_steps, "n_steps", minimum=1)
     optimizer = _check_optimizer(optimizer)
     check_key(key)
+    # The start: fit's (or fit_stream's) initialisation with these options.
+    start_options = dict(
+        covariance_type=covariance_type,
+        reg_covar=reg_covar,
+        max_iter=0,
+        init=init,
+        key=key,
+        weights_init=weights_init,
+        means_init=means_init,
+        precisions_init=precisions_init,
+        sample_weight=sample_weight,
+    )
     if is_source(X):
         if batch_size is not None:
             _check_int(batch_size, "batch_size", minimum=1)
@@ -278,14 +290,7 @@ def fit_gradient(
             n_steps=int(n_steps),
             batch_size=None if batch_size is None else int(batch_size),
             chunk_rows=chunk_rows,
-            covariance_type=covariance_type,
-            reg_covar=reg_covar,
-            init=init,
-            key=key,
-            weights_init=weights_init,
-            means_init=means_init,
-            precisions_init=precisions_init,
-            sample_weight=sample_weight,
+            start_options=start_options,
         )
     if chunk_rows is not None:
         raise ValueError(
@@ -305,19 +310,7 @@ def fit_gradient(
                 f"{batch_size}; use batch_size=None for full-batch gradients."
             )
     weights = check_sample_weight(sample_weight, n_samples, data.dtype, n_components)
-    start = fit(
-        X,
-        n_components,
-        covariance_type=covariance_type,
-        reg_covar=reg_covar,
-        max_iter=0,
-        init=init,
-        key=key,
-        weights_init=weights_init,
-        means_init=means_init,
-        precisions_init=precisions_init,
-        sample_weight=sample_weight,
-    ).params
+    start = fit(X, n_components, **start_options).params
     dtype = start.means.dtype
     run = _optimise(optimizer, int(n_steps), batch_size, covariance_type)
     batch_key = jax.random.split(as_key(key))[1]

@@ -83,14 +83,7 @@ def fit_gradient_stream(
     n_steps: int,
     batch_size: int | None,
     chunk_rows: int | None,
-    covariance_type: str,
-    reg_covar: float,
-    init: str,
-    key,
-    weights_init,
-    means_init,
-    precisions_init,
-    sample_weight,
+    start_options: dict,
 ) -> FitResult:
     """:func:`jaxgmm.fit_gradient` on a source that :func:`jaxgmm.fit_stream` reads.
 
@@ -104,28 +97,17 @@ def fit_gradient_stream(
             None for the full-data gradient (one pass per step).
         chunk_rows: rows per chunk of the initialisation's and the final score's
             passes (and of full-data steps); None: :func:`jaxgmm.fit_stream`'s default.
-        covariance_type, reg_covar, init, key, weights_init, means_init,
-            precisions_init, sample_weight: as in :func:`jaxgmm.fit_stream`.
+        start_options: :func:`jaxgmm.fit_stream`'s keyword options of the start
+            (``covariance_type``, ``reg_covar``, ``max_iter=0``, ``init``, ``key``, the
+            ``*_init`` parameters, ``sample_weight``).
 
     Returns:
         A :class:`FitResult` as the in-memory :func:`jaxgmm.fit_gradient` returns
         (``lower_bound``: the weighted mean log-likelihood of the final parameters
         over one more pass).
     """
-    start = fit_stream(
-        source,
-        n_components,
-        chunk_rows=chunk_rows,
-        covariance_type=covariance_type,
-        reg_covar=reg_covar,
-        max_iter=0,
-        init=init,
-        key=key,
-        weights_init=weights_init,
-        means_init=means_init,
-        precisions_init=precisions_init,
-        sample_weight=sample_weight,
-    ).params
+    start = fit_stream(source, n_components, chunk_rows=chunk_rows, **start_options).params
+    covariance_type, sample_weight = start.covariance_type, start_options["sample_weight"]
     dtype = np.dtype(start.means.dtype)
     center = np.asarray(start.weights, np.float64) @ np.asarray(start.means, np.float64)
     centred_means = (np.asarray(start.means, np.float64) - center).astype(dtype)

@@ -189,13 +189,20 @@ def _to_numpy(value, dtype) -> np.ndarray:
     return np.asarray(value).astype(dtype, copy=False)
 
 
+def _device_dtype(dtype) -> np.dtype:
+    """The dtype a fitted attribute of ``dtype`` has on the device: float32 for float64
+    without ``jax_enable_x64``."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        return np.dtype(np.float32)
+    return dtype
+
+
 def _to_device(value: np.ndarray) -> jax.Array:
     """A fitted attribute as a JAX array in the current precision (no compiled program:
     ``jnp.asarray`` compiles a small conversion per shape)."""
     value = np.asarray(value)
-    if value.dtype == np.float64 and not jax.config.jax_enable_x64:
-        value = value.astype(np.float32)
-    return jax.device_put(value)
+    return jax.device_put(value.astype(_device_dtype(value.dtype), copy=False))
 
 
 def _precisions(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
@@ -504,7 +511,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = _to_numpy(result.history, dtype)[: self.n_iter_]
         self._restart_lower_bounds = _to_numpy(result.restart_lower_bounds, dtype)
         with _precision_scope(dtype):  # the scope every prediction runs in
-            self._fitted_params = (self._params_source(), self._build_params())
+            self._fitted_params = (self._params_source(), self._params_from(params))
 
     def _print_verbose(self, result: FitResult, seconds: float) -> None:
         """scikit-learn-style progress messages, printed after the compiled fit."""
@@ -559,6 +566,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """What :attr:`params_` is built from: the fitted arrays and the JAX precision."""
         x64 = bool(jax.config.jax_enable_x64)
         return (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, x64)
+
+    def _params_from(self, fitted: GaussianMixtureParams) -> GaussianMixtureParams:
+        """:attr:`params_` as the fit returned them when they hold exactly the fitted
+        attributes in the current precision (checked when made, already on the device:
+        no copies), else built from the attributes."""
+        target = _device_dtype(self.means_.dtype)
+        arrays = (fitted.weights, fitted.means, fitted.covariances, fitted.precisions_cholesky)
+        if all(isinstance(a, jax.Array) and a.dtype == target for a in arrays) and all(
+            a.dtype == self.means_.dtype
+            for a in (self.weights_, self.covariances_, self.precisions_cholesky_)
+        ):
+            return _check_params(fitted)
+        return self._build_params()
 
     def _build_params(self) -> GaussianMixtureParams:
         """:attr:`params_` from the fitted attributes, values checked once."""

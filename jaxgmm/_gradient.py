@@ -97,18 +97,10 @@ def from_unconstrained(raw: UnconstrainedParams, covariance_type: str) -> Gaussi
 def mean_log_likelihood(
     raw: UnconstrainedParams, X: jax.Array, sample_weight: jax.Array, covariance_type: str
 ) -> jax.Array:
-    """Weighted mean log-likelihood per point; differentiable in ``raw`` and ``X``.
-
-    Args:
-        raw: unconstrained parameters; X: (N, D); sample_weight: (N,).
-        covariance_type: the covariance model's name.
-
-    Returns:
-        () sum_n w_n log p(x_n) / sum_n w_n.
-    """
-    return weighted_log_likelihood_sum(raw, X, sample_weight, covariance_type) / jnp.sum(
-        sample_weight
-    )
+    """() Weighted mean log-likelihood per point: :func:`weighted_log_likelihood_sum`
+    (same arguments) over ``sum(sample_weight)``; differentiable in ``raw`` and ``X``."""
+    total = weighted_log_likelihood_sum(raw, X, sample_weight, covariance_type)
+    return total / jnp.sum(sample_weight)
 
 
 def weighted_log_likelihood_sum(

@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -878,18 +879,43 @@ def _plot_path(value: str | None, source: Path, suffix: str) -> str | None:
 # --------------------------------------------------------------------------------------
 
 
+def _print_missing(n_missing: int, n_rows: int, nan_policy: str) -> None:
+    """Say how many values are missing and what --nan-policy does with them (if any)."""
+    if n_missing:
+        what = "dropping those rows" if nan_policy == "omit" else "using observed entries"
+        print(f"{n_missing} missing values in {n_rows} rows (--nan-policy {nan_policy}: {what}).")
+
+
+@dataclasses.dataclass(frozen=True)
+class _MissingCounts:
+    """Missing values of a file: NaN entries, rows with one or more, rows with only NaN."""
+
+    values: int
+    rows: int
+    empty_rows: int
+
+
+def _count_missing(path: Path, n_features: int) -> _MissingCounts:
+    """Count the NaN entries of a .npy file in one read, block by block (bounded memory)."""
+    from jaxgmm._sources import NpyFile
+
+    values = rows = empty_rows = 0
+    for block, _ in NpyFile(path, max(1, (1 << 22) // max(n_features, 1))).blocks():
+        nan = np.isnan(block)
+        per_row = nan.sum(axis=1)
+        values += int(per_row.sum())
+        rows += int(np.count_nonzero(per_row))
+        empty_rows += int(np.count_nonzero(per_row == n_features))
+    return _MissingCounts(values, rows, empty_rows)
+
+
 def _prepare(args: argparse.Namespace) -> _Data:
     _use_dtype(args.dtype)
     data = _read_data(args, dtype=args.dtype)
     _check_finite_data(data, args.file, args.nan_policy)
     print(f"Read {data.description}.")
     n_missing = int(np.isnan(data.X).sum())
-    if n_missing:
-        rows = int(np.isnan(data.X).any(axis=1).sum())
-        what = "dropping those rows" if args.nan_policy == "omit" else "using observed entries"
-        print(
-            f"{n_missing} missing values in {rows} rows (--nan-policy {args.nan_policy}: {what})."
-        )
+    _print_missing(n_missing, int(np.isnan(data.X).any(axis=1).sum()), args.nan_policy)
     if args.nan_policy == "omit" and n_missing:
         X = data.X[~np.isnan(data.X).any(axis=1)]
         if X.shape[0] == 0:
@@ -925,40 +951,47 @@ def _cmd_fit_stream(args: argparse.Namespace) -> int:
         raise CLIError("--stream fits one number of components: give -k K (e.g. -k 8).")
     if args.plot is not None:
         raise CLIError("--plot needs the data in memory; leave it out with --stream.")
-    if args.nan_policy != "raise":
-        raise CLIError(
-            f"--nan-policy {args.nan_policy} needs the data in memory (the summary counts "
-            "the rows used); leave out --stream, or call jaxgmm.fit_stream(..., "
-            "nan_policy='omit') from Python."
-        )
     _use_dtype(args.dtype)
     header = NpyFile(args.file, 1)
     n, d = header.n_rows, header.n_features
     print(f"Streaming {n} rows x {d} columns ({header.dtype}) from {args.file}.")
+    # Rows the lower bound averages over, and rows BIC/AIC count (as the in-memory path).
+    n_scored, n_points = n, n
+    if args.nan_policy != "raise":
+        missing = _count_missing(args.file, d)
+        _print_missing(missing.values, missing.rows, args.nan_policy)
+        if args.nan_policy == "omit":
+            n_scored = n_points = n - missing.rows
+            if n_points == 0:
+                raise CLIError(f"every row of {args.file} has a missing value; nothing is left.")
+        else:  # marginalize: rows with no observed entry carry no information
+            n_scored = n - missing.empty_rows
     options = _fit_options(args)
     k = args.components[0]
     start = time.perf_counter()
-    result = jaxgmm.fit_stream(
-        args.file,
-        k,
-        chunk_rows=args.chunk_rows,
-        checkpoint=args.checkpoint,
-        progress=progress_enabled(args.progress),
-        **options,
-    )
+    with warnings.catch_warnings():  # the dropped rows were counted and printed above
+        warnings.filterwarnings("ignore", "nan_policy='omit': dropped", UserWarning)
+        result = jaxgmm.fit_stream(
+            args.file,
+            k,
+            chunk_rows=args.chunk_rows,
+            checkpoint=args.checkpoint,
+            progress=progress_enabled(args.progress),
+            **options,
+        )
     # The last E-step's log-likelihood: no extra pass over the file.
-    log_lik = float(result.lower_bound) * n
+    log_lik = float(result.lower_bound) * n_scored
     n_params = jaxgmm.n_parameters(result.params)
     trial = _Trial(
         k=k,
-        n_points=n,
+        n_points=n_points,
         result=result,
         log_likelihood=log_lik,
-        bic=-2.0 * log_lik + n_params * math.log(n),
+        bic=-2.0 * log_lik + n_params * math.log(n_points),
         aic=-2.0 * log_lik + 2.0 * n_params,
         seconds=time.perf_counter() - start,
     )
-    rows = np.broadcast_to(np.zeros((1, d)), (n, d))  # the shape only: nothing is loaded
+    rows = np.broadcast_to(np.zeros((1, d)), (n_points, d))  # the shape only: nothing loaded
     data = _Data(rows, [f"x{j}" for j in range(d)], False, f"{args.file} (streamed)")
     _print_summary(trial, data, options)
     if args.output is not None:

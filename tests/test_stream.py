@@ -468,8 +468,23 @@ def test_command_line_stream(npy, tmp_path):
     np.savetxt(csv, X[:10], delimiter=",")
     code, _, err = run("fit", csv, "--stream", "-k", K)
     assert code == 1 and "--stream reads .npy files" in err
-    code, _, err = run("fit", npy, "--stream", "-k", K, "--nan-policy", "omit")
-    assert code == 1 and "--nan-policy omit needs the data in memory" in err
+    # Missing values: 5 NaN in 3 rows, one of them empty.
+    holes = X.copy()
+    holes[5, 0] = holes[17, 1] = np.nan
+    holes[30] = np.nan
+    with_nan = tmp_path / "holes.npy"
+    np.save(with_nan, holes)
+    n = holes.shape[0]
+    for policy, rows_scored in (("omit", n - 3), ("marginalize", n - 1)):
+        code, out, err = run(
+            "fit", with_nan, "--stream", "-k", K, "--chunk-rows", CHUNK, "--nan-policy", policy
+        )
+        assert code == 0, err
+        assert f"5 missing values in 3 rows (--nan-policy {policy}" in out
+        expected = jaxgmm.fit_stream(with_nan, K, chunk_rows=CHUNK, nan_policy=policy)
+        n_points = n - 3 if policy == "omit" else n  # as the in-memory command counts them
+        per_point = float(expected.lower_bound) * rows_scored / n_points
+        assert f"{per_point:.4f} per point" in out
 
 
 def test_chunks_reach_the_device_without_a_copy(npy):

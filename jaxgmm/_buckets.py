@@ -12,7 +12,8 @@ anything is compiled:
 * **components**: a single fit pads ``n_components`` to the next power of two with
   *inactive* components (weight exactly zero, never initialised, never updated,
   never chosen), so K = 5 and K = 6 share one program; on small data (N * D * D at
-  most :data:`SMALL_ROW_WORK`) K = 1 to 4 share one program too. The fitted
+  most :data:`SMALL_ROW_WORK`) K = 1 to 4 share one program too, and on tiny data
+  (at most :data:`TINY_ROW_WORK`) K = 1 to 8 do. The fitted
   parameters are sliced back to the true K before anything is returned.
 * **iteration counts**: the ``history`` array has the next power of two of
   ``max_iter`` entries, and ``max_iter`` itself is a traced number, so changing it
@@ -35,9 +36,12 @@ ROW_ALIGN = 8
 # Above this many chunks the grid steps by at most 1/FINE_STEPS of the size.
 FINE_ABOVE_CHUNKS = 16
 FINE_STEPS = 16
-# Problems with N * D * D at most this pad K <= 4 to 4 (see component_bucket).
+# Problems with N * D * D at most this pad K <= 4 to 4, and at most TINY_ROW_WORK
+# K <= 8 to 8 (see component_bucket).
 SMALL_ROW_WORK = 1 << 20
 SMALL_PROBLEM_MIN_COMPONENTS = 4
+TINY_ROW_WORK = 1 << 14
+TINY_PROBLEM_MIN_COMPONENTS = 8
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -60,13 +64,27 @@ def row_layout(n_rows: int, max_chunk: int) -> tuple[int, int]:
         n_chunks = -(-n_rows // max_chunk)
         step = 2 ** max(0, n_chunks.bit_length() - 1 - int(math.log2(FINE_STEPS)))
         return _round_up(n_chunks, step) * max_chunk, max_chunk
-    bucket = SMALLEST_ROWS
-    while bucket < n_rows:
-        bucket = math.ceil(bucket * GROWTH)
-    bucket = _round_up(bucket, ROW_ALIGN)
+    bucket = _grid_rows(n_rows)
     n_chunks = -(-bucket // max_chunk)
     chunk = -(-bucket // n_chunks)
     return n_chunks * chunk, chunk
+
+
+def _grid_rows(n_rows: int) -> int:
+    """The geometric grid's size for ``n_rows`` rows (before chunking)."""
+    bucket = SMALLEST_ROWS
+    while bucket < n_rows:
+        bucket = math.ceil(bucket * GROWTH)
+    return _round_up(bucket, ROW_ALIGN)
+
+
+def row_work(n_rows: int, n_features: int) -> int:
+    """N * D * D of ``n_rows`` rows padded to their grid size, for :func:`component_bucket`.
+
+    Taken at the grid size, not at N, so that every row count of one row bucket gets
+    the same component bucket (one program per row bucket, not two).
+    """
+    return _grid_rows(n_rows) * n_features * n_features
 
 
 def component_bucket(n_components: int, row_work: int | None = None) -> int:
@@ -77,16 +95,22 @@ def component_bucket(n_components: int, row_work: int | None = None) -> int:
     the compute of the true K above 8 (K = 10 pads to 12, not 16). Small problems
     (``row_work`` at most :data:`SMALL_ROW_WORK`) pad K <= 4 to 4: there each compiled
     program costs about a second and an iteration microseconds, so a sweep over
-    K = 1..6 compiles two programs per covariance type instead of four.
+    K = 1..6 compiles two programs per covariance type instead of four. Tiny problems
+    (at most :data:`TINY_ROW_WORK`, e.g. 1,000 rows in 4-D) pad K <= 8 to 8: one
+    program per covariance type for K = 1..8, where a fit's time is the program's
+    fixed per-operation cost, not its arithmetic.
 
     Args:
         n_components: the true K.
-        row_work: N * D * D of the data (the per-component work of one pass), if known.
+        row_work: :func:`row_work` of the data (the per-component work of one pass), if
+            known.
     """
     n_components = int(n_components)
     if n_components <= 8:
         bucket = 1 << max(0, n_components - 1).bit_length()
-        if row_work is not None and row_work <= SMALL_ROW_WORK:
+        if row_work is not None and row_work <= TINY_ROW_WORK:
+            bucket = max(bucket, TINY_PROBLEM_MIN_COMPONENTS)
+        elif row_work is not None and row_work <= SMALL_ROW_WORK:
             bucket = max(bucket, SMALL_PROBLEM_MIN_COMPONENTS)
         return bucket
     return -(-n_components // 4) * 4

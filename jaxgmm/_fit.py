@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._blocks import fit_advance, fit_many_advance, fit_many_start, fit_start
-from jaxgmm._buckets import component_bucket, first_rows, history_length, row_layout
+from jaxgmm._buckets import component_bucket, first_rows, history_length, row_layout, row_work
 from jaxgmm._chunking import chunk_size_for
 from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
@@ -341,7 +341,7 @@ def fit(
         X, sample_weight = _pad_rows(X, sample_weight, -(-n_samples // chunk) * chunk)
         row_index = np.arange(X.shape[0], dtype=np.int32)
     else:
-        n_padded = component_bucket(n_components, n_samples * n_features * n_features)
+        n_padded = component_bucket(n_components, row_work(n_samples, n_features))
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
         X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from jaxgmm._buckets import SMALL_ROW_WORK, component_bucket, first_rows, row_layout
+from jaxgmm._buckets import SMALL_ROW_WORK, component_bucket, first_rows, row_layout, row_work
 from jaxgmm._chunking import chunk_size_for, chunked_map
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import log_resp_and_norm
@@ -338,19 +338,20 @@ def _scoring_params(params: GaussianMixtureParams, X) -> GaussianMixtureParams:
     """Parameters padded to the fits' component bucket when compiling is what costs.
 
     Scoring few rows takes microseconds and compiling its program about 0.3 s, so for
-    small problems models with K = 1..4 (and 5..8) share one scoring program, as their
-    fits do (:func:`jaxgmm._buckets.component_bucket`): a model-selection loop over K
-    compiles a few programs, not one per K. Padded components have weight 0 and change
-    no output; traced or multi-device parameters and data are left as they are.
+    small problems models with K = 1..4 (and 5..8; on tiny ones 1..8) share one scoring
+    program, as their fits do (:func:`jaxgmm._buckets.component_bucket`): a
+    model-selection loop over K compiles a few programs, not one per K. Padded
+    components have weight 0 and change no output; traced or multi-device parameters
+    and data are left as they are.
     """
     n_components, n_features = params.n_components, params.n_features
-    row_work = X.shape[0] * n_features * n_features
-    if row_work > SMALL_ROW_WORK or is_traced(X) or leading_axis_sharding(X) is not None:
+    work = row_work(X.shape[0], n_features)
+    if work > SMALL_ROW_WORK or is_traced(X) or leading_axis_sharding(X) is not None:
         return params
     leaves = jax.tree_util.tree_leaves(params)
     if any(is_traced(a) or len(getattr(a, "devices", lambda: ())()) > 1 for a in leaves):
         return params
-    return padded_components(params, component_bucket(n_components, row_work))
+    return padded_components(params, component_bucket(n_components, work))
 
 
 @lru_cache(maxsize=64)

@@ -8,7 +8,14 @@ import pytest
 
 import jaxgmm
 import jaxgmm._fit
-from jaxgmm._buckets import GROWTH, SMALL_ROW_WORK, component_bucket, history_length, row_layout
+from jaxgmm._buckets import (
+    GROWTH,
+    SMALL_ROW_WORK,
+    TINY_ROW_WORK,
+    component_bucket,
+    history_length,
+    row_layout,
+)
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 INITS = ["kmeans", "k-means++", "random", "random_from_data"]
@@ -70,8 +77,10 @@ def test_component_and_history_buckets():
         16,
         32,
     ]
-    # Small problems pad K <= 4 to 4; large ones keep the power of two.
-    small, large = SMALL_ROW_WORK, SMALL_ROW_WORK + 1
+    # Tiny problems pad K <= 8 to 8, small ones K <= 4 to 4; large ones keep the power of two.
+    tiny, small, large = TINY_ROW_WORK, SMALL_ROW_WORK, SMALL_ROW_WORK + 1
+    assert [component_bucket(k, tiny) for k in (1, 2, 3, 4, 5, 8, 9)] == [8, 8, 8, 8, 8, 8, 12]
+    assert [component_bucket(k, tiny + 1) for k in (1, 4, 5)] == [4, 4, 8]
     assert [component_bucket(k, small) for k in (1, 2, 3, 4, 5, 9)] == [4, 4, 4, 4, 8, 12]
     assert [component_bucket(k, large) for k in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 8, 12]
     assert [history_length(m) for m in (0, 1, 2, 3, 100, 128, 129)] == [1, 1, 2, 4, 128, 128, 256]
@@ -141,7 +150,7 @@ def _numpy_log_densities(params, X) -> np.ndarray:
 
 @pytest.mark.parametrize("covariance_type", ["full", "spherical"])
 def test_scoring_models_with_one_to_four_components_compiles_once(covariance_type):
-    """Small models with K = 1..4 share the scoring programs (padded to 4 components)."""
+    """Small models with K = 1..4 share the scoring programs (padded to one K bucket)."""
     X = _data(200, seed=6).astype(np.float64)
     models = [jaxgmm.fit(X, k, covariance_type=covariance_type, key=0).params for k in range(1, 5)]
     outputs = ("score_samples", "predict", "predict_proba", "score")

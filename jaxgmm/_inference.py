@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from jaxgmm._buckets import SMALL_ROW_WORK, component_bucket, first_rows, row_layout, row_work
+from jaxgmm._buckets import (
+    SMALL_ROW_WORK,
+    TINY_ROW_WORK,
+    component_bucket,
+    first_rows,
+    row_layout,
+    row_work,
+)
 from jaxgmm._chunking import chunk_size_for, chunked_map
 from jaxgmm._covariance import covariance_model
 from jaxgmm._em import log_resp_and_norm
@@ -340,7 +347,9 @@ def _scoring_params(params: GaussianMixtureParams, X) -> GaussianMixtureParams:
     Scoring few rows takes microseconds and compiling its program about 0.3 s, so for
     small problems models with K = 1..4 (and 5..8; on tiny ones 1..8) share one scoring
     program, as their fits do (:func:`jaxgmm._buckets.component_bucket`): a
-    model-selection loop over K compiles a few programs, not one per K. Padded
+    model-selection loop over K compiles a few programs, not one per K. On tiny
+    problems every covariance type is scored as ``full`` (diagonal, scaled-identity or
+    repeated shared matrices), so a sweep over the four types shares one program too. Padded
     components have weight 0 and change no output; traced or multi-device parameters
     and data are left as they are.
     """
@@ -351,7 +360,8 @@ def _scoring_params(params: GaussianMixtureParams, X) -> GaussianMixtureParams:
     leaves = jax.tree_util.tree_leaves(params)
     if any(is_traced(a) or len(getattr(a, "devices", lambda: ())()) > 1 for a in leaves):
         return params
-    return padded_components(params, component_bucket(n_components, work))
+    as_full = work <= TINY_ROW_WORK  # one scoring program for all four covariance types
+    return padded_components(params, component_bucket(n_components, work), as_full)
 
 
 @lru_cache(maxsize=64)

@@ -147,48 +147,60 @@ def first_components(params: GaussianMixtureParams, n_components: int) -> Gaussi
     )
 
 
-# Padded copies of a concrete params object, by component count: made once per object
-# (its arrays never change), so repeated calls pay for neither the copy nor the transfer.
-_PADDED = "_jaxgmm_padded_components"
+# Scoring copies of a concrete params object, by (component count, as full): made once
+# per object (its arrays never change), so repeated calls pay for neither the copy nor
+# the transfer.
+_SCORING_COPIES = "_jaxgmm_scoring_copies"
 
 
-def padded_components(params: GaussianMixtureParams, n_padded: int) -> GaussianMixtureParams:
+def padded_components(
+    params: GaussianMixtureParams, n_padded: int, as_full: bool = False
+) -> GaussianMixtureParams:
     """``params`` with inactive components appended up to ``n_padded`` (concrete only).
 
     The inverse of :func:`first_components`: the new components are copies of
     component 0 with weight exactly 0, so their log-weight is -inf and they add
     nothing to any density, responsibility or score, while every value stays finite.
-    Built in NumPy and moved to the device once; cached on ``params``.
+    With ``as_full``, every covariance type is also written as full (K, D, D) matrices
+    (diagonal, multiples of the identity, or the shared matrix repeated; their
+    precision factors likewise), so that one ``full`` program scores models of all
+    four types. Built in NumPy and moved to the device once; cached on ``params``.
 
     Args:
         params: concrete parameters with K <= ``n_padded`` components.
         n_padded: K_pad.
+        as_full: return ``covariance_type="full"`` parameters.
 
     Returns:
         Parameters with weights (K_pad,), means (K_pad, D) and covariance-shaped
-        arrays with K_pad components (a tied covariance is shared and unchanged).
+        arrays with K_pad components (a tied covariance is shared and unchanged unless
+        ``as_full``).
     """
-    if params.n_components == n_padded:
+    as_full = as_full and params.covariance_type != "full"
+    if params.n_components == n_padded and not as_full:
         return params
-    cache = params.__dict__.setdefault(_PADDED, {})
-    if n_padded not in cache:
-        extra = n_padded - params.n_components
-        per_component = covariance_model(params.covariance_type).per_component
+    cache = params.__dict__.setdefault(_SCORING_COPIES, {})
+    if (n_padded, as_full) not in cache:
+        model = covariance_model(params.covariance_type)
+        n_components, n_features = params.n_components, params.n_features
+        extra = n_padded - n_components
 
         def pad(a, fill_with_zero=False):
             a = np.asarray(a)
             tail = np.zeros_like(a[:1]) if fill_with_zero else a[:1]
             return np.concatenate([a, np.repeat(tail, extra, axis=0)])
 
-        cache[n_padded] = dataclasses.replace(
+        arrays = dict(weights=pad(params.weights, fill_with_zero=True), means=pad(params.means))
+        for name in ("covariances", "precisions_cholesky"):
+            a = np.asarray(getattr(params, name))
+            if as_full:
+                full = model.full_matrices(a, n_components, n_features)
+                arrays[name] = pad(full.astype(a.dtype, copy=False))
+            elif model.per_component:  # else the shared array stays as it is
+                arrays[name] = pad(a)
+        cache[n_padded, as_full] = dataclasses.replace(
             params,
-            weights=jax.device_put(pad(params.weights, fill_with_zero=True)),
-            means=jax.device_put(pad(params.means)),
-            covariances=jax.device_put(pad(params.covariances))
-            if per_component
-            else params.covariances,
-            precisions_cholesky=jax.device_put(pad(params.precisions_cholesky))
-            if per_component
-            else params.precisions_cholesky,
+            **jax.device_put(arrays),
+            **(dict(covariance_type="full") if as_full else {}),
         )
-    return cache[n_padded]
+    return cache[n_padded, as_full]

@@ -148,11 +148,14 @@ def _numpy_log_densities(params, X) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
-def test_scoring_models_with_one_to_four_components_compiles_once(covariance_type):
-    """Small models with K = 1..4 share the scoring programs (padded to one K bucket)."""
+def test_scoring_models_of_any_k_and_covariance_type_compiles_once():
+    """Tiny models share the scoring programs: K = 1..4 (padded to one K bucket) and all
+    four covariance types (scored as full matrices)."""
     X = _data(200, seed=6).astype(np.float64)
-    models = [jaxgmm.fit(X, k, covariance_type=covariance_type, key=0).params for k in range(1, 5)]
+    models = [jaxgmm.fit(X, k, key=0).params for k in range(1, 5)] + [
+        jaxgmm.fit(X, k, covariance_type=covariance_type, key=0).params
+        for k, covariance_type in ((3, "spherical"), (2, "diag"), (4, "tied"))
+    ]
     outputs = ("score_samples", "predict", "predict_proba", "score")
     for name in outputs:
         getattr(jaxgmm, name)(models[3], X[:150])

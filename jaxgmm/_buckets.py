@@ -102,8 +102,8 @@ def component_bucket(n_components: int, row_work: int | None = None) -> int:
 
     Args:
         n_components: the true K.
-        row_work: :func:`row_work` of the data (the per-component work of one pass), if
-            known.
+        row_work: :func:`row_work` of the data times the number of restarts (the
+            per-component work of one pass), if known.
     """
     n_components = int(n_components)
     if n_components <= 8:

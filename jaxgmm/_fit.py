@@ -341,7 +341,8 @@ def fit(
         X, sample_weight = _pad_rows(X, sample_weight, -(-n_samples // chunk) * chunk)
         row_index = np.arange(X.shape[0], dtype=np.int32)
     else:
-        n_padded = component_bucket(n_components, row_work(n_samples, n_features))
+        # Restarts multiply the work of every padded component (W2: 256 of them).
+        n_padded = component_bucket(n_components, row_work(n_samples, n_features) * int(n_init))
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
         X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)

@@ -176,7 +176,6 @@ def padded_components(
         arrays with K_pad components (a tied covariance is shared and unchanged unless
         ``as_full``).
     """
-    as_full = as_full and params.covariance_type != "full"
     if params.n_components == n_padded and not as_full:
         return params
     cache = params.__dict__.setdefault(_SCORING_COPIES, {})

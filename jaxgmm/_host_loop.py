@@ -105,14 +105,22 @@ def run_blocks(
         bar.__enter__()
     state = result = None
     n_iter = 0
+    in_flight: list = []  # the latest dispatched programs' outputs, waited for if interrupted
+
+    def dispatch(state, budget: int):
+        block = advance(state, jnp.asarray(budget, jnp.int32))
+        in_flight[:] = in_flight[-1:] + [block]
+        return block
+
     try:
         state = start()
+        in_flight.append(state)
         budget = _first_budget(program, max_iter)
         # The first block of a program not run before includes compiling it.
         timed = program in _seconds_per_iteration
         slowest = 0.0
         began = time.perf_counter()
-        block, reach = advance(state, jnp.asarray(budget, jnp.int32)), budget
+        block, reach = dispatch(state, budget), budget
         while True:
             # The next block is queued before this one is waited for, so the device
             # never idles while the host wakes up; its budget lags one block behind.
@@ -122,7 +130,7 @@ def run_blocks(
             # next block is dispatched when this one ends).
             queued = None
             if reach < _queue_limit(program, max_iter):
-                queued = advance(block[0], jnp.asarray(budget, jnp.int32)), reach + budget
+                queued = dispatch(block[0], budget), reach + budget
             still_running, last_n_iter, lower_bound = fetch_when_ready(block[2])
             state, result = block[0], block[1]
             now = time.perf_counter()
@@ -141,10 +149,11 @@ def run_blocks(
             timed = True
             budget = _next_budget(budget, per_iteration, max_iter)
             if queued is None:  # this block was expected to be the last one
-                queued = advance(state, jnp.asarray(budget, jnp.int32)), n_iter + budget
+                queued = dispatch(state, budget), n_iter + budget
             block, reach = queued
     except KeyboardInterrupt as interrupt:
         interrupt.n_iter = n_iter
+        _finish_in_background(in_flight)
         if on_interrupt == "raise" or state is None:
             raise
         if result is None:  # interrupted before the first block ended
@@ -155,6 +164,17 @@ def run_blocks(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+
+
+def _finish_in_background(tree) -> None:
+    """Wait for ``tree``'s computations on a non-daemon thread, without blocking.
+
+    An interrupted fit leaves its last blocks queued on the device; the interpreter
+    waits for this thread at exit, so the runtime is never torn down under a running
+    program (which crashes the process: SIGSEGV at exit after a KeyboardInterrupt).
+    """
+    if not _is_ready(tree):
+        threading.Thread(target=jax.block_until_ready, args=(tree,), name="jaxgmm-drain").start()
 
 
 def _is_ready(tree) -> bool:

@@ -19,7 +19,7 @@ from jaxgmm._fit_progress import fit_progress
 from jaxgmm._host_loop import fits_in_one_block, run_blocks
 from jaxgmm._implicit import stop_gradients, with_implicit_gradients
 from jaxgmm._jit import jit
-from jaxgmm._keys import as_key
+from jaxgmm._keys import as_key, keys_for_range
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, Status, first_components
 from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
@@ -393,6 +393,14 @@ def fit(
     return result
 
 
+def _as_dtype(values, dtype):
+    """``values`` in ``dtype``: host arrays cast by NumPy (no eager device program to
+    compile in every new process), device or traced arrays by JAX."""
+    if isinstance(values, np.ndarray):
+        return values.astype(dtype, copy=False)
+    return jnp.asarray(values, dtype)
+
+
 def _scalar(value, dtype):
     """A () array of ``dtype``: NumPy for a concrete value (no eager device program to
     compile in every new process), JAX for a traced one (e.g. ``reg_covar`` under grad)."""
@@ -666,15 +674,15 @@ def fit_many(
     static = _static_options(
         n_components, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
+    keys = keys_for_range(key, n_models)
     args = (
-        jnp.asarray(X, dtype),
-        jnp.asarray(W, dtype),
+        _as_dtype(X, dtype),
+        _as_dtype(W, dtype),
         keys,
-        jnp.asarray(tol, dtype),
-        jnp.asarray(reg_covar, dtype),
-        jnp.asarray(max_iter, jnp.int32),
-        jnp.asarray(n_components, jnp.int32),
+        _scalar(tol, dtype),
+        _scalar(reg_covar, dtype),
+        _scalar(max_iter, np.int32),
+        _scalar(n_components, np.int32),
         weights_init,
         means_init,
         precisions_init,
@@ -682,7 +690,12 @@ def fit_many(
     )
     description = f"EM fit of {n_models} models, K={n_components}" if progress else None
     result = _fit_many_programs(args, static, max_iter, description, on_interrupt)
-    result = dataclasses.replace(result, history=first_rows(result.history.T, max_iter).T)
+    history = result.history  # (B, bucketed length)
+    if is_traced(history):
+        history = history[:, :max_iter]
+    else:  # cut on the host: no eager slicing or transposing program
+        history = jax.device_put(np.asarray(history)[:, :max_iter])
+    result = dataclasses.replace(result, history=history)
     if offsets is not None:
         means = np.asarray(result.params.means, np.float64) + offsets[:, None, :]
         params = dataclasses.replace(result.params, means=jnp.asarray(means.astype(dtype)))
@@ -783,7 +796,7 @@ def _fit_sharded_models(
     max_chunk = _max_chunk(options["chunk_size"], n_components, n_features, covariance_type)
     n_rows, chunk = row_layout(n_samples, max_chunk)
     X, W = _pad_models_rows(X, W, n_rows, sharding)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(as_key(key), jnp.arange(n_models))
+    keys = keys_for_range(key, n_models)
     keys = jax.device_put(keys, sharding.named())
     static = _static_options(
         n_components,

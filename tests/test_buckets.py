@@ -250,6 +250,15 @@ def test_inactive_components_are_never_chosen_with_zero_reg_covar():
     assert np.all(np.asarray(jaxgmm.predict(result, X)) < 3)
 
 
+def test_fit_many_compiles_its_program_and_nothing_else():
+    """Keys, casts and the history cut happen on the host: one compiled program per call."""
+    datasets = [_data(37, seed=s, n_features=2) for s in range(7)]  # float64, shapes unique here
+    with count_compilations() as count:
+        result = jaxgmm.fit_many(datasets, 2, max_iter=3, key=11)
+    assert count[0] == 1
+    assert result.history.shape == (7, 3)
+
+
 def test_each_prediction_call_dispatches_one_program_and_nothing_else(monkeypatch):
     """A new row count in a known bucket compiles nothing: no eager op, no small jit.
 

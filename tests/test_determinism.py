@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -100,3 +101,22 @@ def test_integer_seeds_give_jax_random_keys():
     for seed in (0, 1, 12345, 2**31 - 1, 2**31, 2**32 + 5, 2**40 + 3):
         ours = np.asarray(jax.random.key_data(as_key(seed)))
         np.testing.assert_array_equal(ours, np.asarray(jax.random.key_data(jax.random.key(seed))))
+
+
+def test_per_model_keys_are_jax_fold_in_keys():
+    """fit_many's per-model keys, made on the host, are bit for bit jax.random.fold_in's."""
+    from jaxgmm._keys import keys_for_range
+
+    for seed in (0, 7, 2**31 - 1, 2**32 + 5):
+        base = jax.random.wrap_key_data(np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32))
+        expected = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base, jnp.arange(1000))
+        np.testing.assert_array_equal(
+            np.asarray(jax.random.key_data(keys_for_range(seed, 1000))),
+            np.asarray(jax.random.key_data(expected)),
+        )
+    key = jax.random.key(3)  # a JAX key: folded by JAX itself
+    expected = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(5))
+    np.testing.assert_array_equal(
+        np.asarray(jax.random.key_data(keys_for_range(key, 5))),
+        np.asarray(jax.random.key_data(expected)),
+    )

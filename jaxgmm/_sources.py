@@ -350,15 +350,19 @@ class ChunkStream:
             bad = np.isinf(rows) if nan_allowed else ~np.isfinite(rows)
             if bad.any():
                 r, c = (int(i) for i in np.argwhere(bad)[0])
+                if nan_allowed:
+                    advice = f" (nan_policy='{self.nan_policy}' accepts NaN, not inf)."
+                elif np.isnan(rows[r, c]):
+                    advice = (
+                        ", or pass nan_policy='omit' (drops rows with NaN) or "
+                        "nan_policy='marginalize' (uses their observed entries)."
+                    )
+                else:
+                    advice = "."
                 raise ValueError(
                     f"{where} contains non-finite values (NaN or inf); the first is at "
                     f"global row {first_row + r}, column {c} (value {rows[r, c]}). Remove or "
-                    "impute those rows before fitting"
-                    + (
-                        f" (nan_policy='{self.nan_policy}' accepts NaN, not inf)."
-                        if nan_allowed
-                        else "."
-                    )
+                    "impute those rows before fitting" + advice
                 )
         if weight is not None:
             weight = np.asarray(weight, np.float64).reshape(-1)

@@ -405,7 +405,7 @@ def _advance_models(data, restarts, *, static: dict, n_models: int, axis, **shar
     return restarts, ungroup(results, n_models), summary
 
 
-@jit(static_argnames=_BLOCK_STATIC)
+@jit(static_argnames=_BLOCK_STATIC, models_axis=True)
 def fit_many_start(
     X: jax.Array,
     sample_weight: jax.Array,
@@ -454,7 +454,7 @@ def fit_many_start(
         )(*members)
 
 
-@jit(static_argnames=(*_BLOCK_STATIC, "n_models"))
+@jit(static_argnames=(*_BLOCK_STATIC, "n_models"), models_axis=True)
 def fit_many_advance(
     data,
     restarts,

@@ -278,7 +278,7 @@ def best_restart(states: LoopState, statuses: jax.Array, center: jax.Array) -> F
     )
 
 
-@jit(static_argnames=_STATIC_OPTIONS)
+@jit(static_argnames=_STATIC_OPTIONS, models_axis=True)
 def fit_many_compiled(
     X: jax.Array,
     sample_weight: jax.Array,

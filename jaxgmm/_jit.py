@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from functools import partial, update_wrapper
+from functools import cache, partial, update_wrapper
 
 import jax
 import numpy as np
@@ -22,6 +22,28 @@ FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 # Work = values of the data argument x n_components x n_init (when the program takes
 # them). At most this much, an iteration costs well under a millisecond either way.
 FAST_COMPILE_WORK = 1 << 20
+# XLA's experimental YNNPACK fusions (on by default in recent jaxlib on CPU) slow down
+# programs that vmap many members (restarts, models) over data of few features: measured
+# in one process, interleaved, 2-core CPU, the same programs without them ran 1.05-4.0x
+# faster (W2 n_init = 256, D = 2: 1.17x; W3 1,000 models, D = 2: 1.34x; n_init = 8 on
+# 20,000 x 2 diag: 4.0x). For one member, or more features, they are faster as often as
+# slower (0.5x-2.3x: 1,000,000 x 4 full gains 2x with them, the same data diag loses
+# 1.9x; 1,797 x 64 with 10 restarts gains 1.7x), so those keep XLA's defaults. At this
+# many features the kernels have no matrix products (see jaxgmm._covariance).
+BATCHED_FEW_FEATURES = 4
+BATCHED_FEW_FEATURES_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@cache
+def batched_few_features_options() -> dict | None:
+    """:data:`BATCHED_FEW_FEATURES_OPTIONS`, or None where this XLA lacks the option
+    (jaxlib before YNNPACK fusions: its programs have none to turn off)."""
+    try:
+        probe = jax.jit(lambda x: x + 1, compiler_options=BATCHED_FEW_FEATURES_OPTIONS)
+        probe.lower(np.float32(0)).compile()
+    except Exception:  # an unknown option is rejected at compile time
+        return None
+    return BATCHED_FEW_FEATURES_OPTIONS
 
 
 class _Program:
@@ -32,10 +54,13 @@ class _Program:
     the plain ``jax.jit`` one, compiled as part of the outer program.
     """
 
-    def __init__(self, fun: Callable, kwargs: dict, data_argnum: int):
+    def __init__(self, fun: Callable, kwargs: dict, data_argnum: int, models_axis: bool):
         self.data_argnum = data_argnum
+        self.models_axis = models_axis
         self.fast_compile = jax.jit(fun, compiler_options=FAST_COMPILE_OPTIONS, **kwargs)
         self.fast_run = jax.jit(fun, **kwargs)
+        self._fun, self._kwargs = fun, kwargs
+        self.batched_few_features = None  # built on first use (probing starts the backend)
         update_wrapper(self, fun)
         # The disk cache keys a program by its name: only for module-level functions
         # (a closure or partial computes with values its name does not tell).
@@ -59,7 +84,11 @@ class _Program:
             and trace_state_clean()
             and not any(i < len(args) for i in self._static_positions)
         ):
-            form = "fast_compile" if program is self.fast_compile else "fast_run"
+            form = next(
+                name
+                for name in ("fast_compile", "fast_run", "batched_few_features")
+                if program is getattr(self, name)
+            )
             name = f"{self._name}\n{form}"
             out = _program_cache.call(name, program, self._static_argnames, args, kwargs)
             if out is not _program_cache.NOT_CACHED:
@@ -71,9 +100,22 @@ class _Program:
         if not trace_state_clean():
             return self.fast_run
         data = args[self.data_argnum] if len(args) > self.data_argnum else None
-        work = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(data))
-        work *= int(kwargs.get("n_components", 1)) * int(kwargs.get("n_init", 1))
-        return self.fast_compile if work <= FAST_COMPILE_WORK else self.fast_run
+        leaves = jax.tree_util.tree_leaves(data)
+        work = sum(np.size(leaf) for leaf in leaves)
+        n_init = int(kwargs.get("n_init", 1))
+        work *= int(kwargs.get("n_components", 1)) * n_init
+        if work <= FAST_COMPILE_WORK:
+            return self.fast_compile
+        batched = self.models_axis or n_init > 1
+        n_features = np.shape(leaves[0])[-1] if leaves and np.ndim(leaves[0]) >= 2 else None
+        options = batched_few_features_options()
+        if batched and n_features is not None and n_features <= BATCHED_FEW_FEATURES and options:
+            if self.batched_few_features is None:
+                self.batched_few_features = jax.jit(
+                    self._fun, compiler_options=options, **self._kwargs
+                )
+            return self.batched_few_features
+        return self.fast_run
 
     def lower(self, *args, **kwargs):
         """``jax.jit(...).lower`` of the form these arguments would use."""
@@ -81,24 +123,35 @@ class _Program:
 
     def clear_cache(self) -> None:
         """Forget the compiled programs (every form): the next call traces again."""
-        self.fast_compile.clear_cache()
-        self.fast_run.clear_cache()
+        for program in (self.fast_compile, self.fast_run, self.batched_few_features):
+            if program is not None:
+                program.clear_cache()
         if self._name is not None:
             _program_cache.forget(self._name)
 
 
-def jit(fun: Callable | None = None, /, *, data_argnum: int = 0, **kwargs) -> Callable:
+def jit(
+    fun: Callable | None = None,
+    /,
+    *,
+    data_argnum: int = 0,
+    models_axis: bool = False,
+    **kwargs,
+) -> Callable:
     """``jax.jit(fun, **kwargs)`` with compiler options by problem size; a decorator too.
 
     Args:
         fun: the function to compile (omitted: returns a decorator taking it).
         data_argnum: the positional argument that holds the data (its size measures
-            the work; not the history or other bookkeeping arrays).
+            the work; not the history or other bookkeeping arrays); the last axis of
+            its first array is the number of features.
+        models_axis: the program vmaps over several models (``fit_many``); programs
+            with an ``n_init`` keyword vmap over restarts when it is above 1.
         **kwargs: ``jax.jit``'s keyword arguments (``static_argnames``, ...).
 
     Returns:
         The jitted function.
     """
     if fun is None:
-        return partial(jit, data_argnum=data_argnum, **kwargs)
-    return _Program(fun, kwargs, data_argnum)
+        return partial(jit, data_argnum=data_argnum, models_axis=models_axis, **kwargs)
+    return _Program(fun, kwargs, data_argnum, models_axis)

@@ -107,9 +107,10 @@ class _Program:
         if work <= FAST_COMPILE_WORK:
             return self.fast_compile
         batched = self.models_axis or n_init > 1
-        n_features = np.shape(leaves[0])[-1] if leaves and np.ndim(leaves[0]) >= 2 else None
-        options = batched_few_features_options()
-        if batched and n_features is not None and n_features <= BATCHED_FEW_FEATURES and options:
+        few_features = bool(leaves) and np.ndim(leaves[0]) >= 2
+        few_features = few_features and np.shape(leaves[0])[-1] <= BATCHED_FEW_FEATURES
+        options = batched_few_features_options() if batched and few_features else None
+        if options:
             if self.batched_few_features is None:
                 self.batched_few_features = jax.jit(
                     self._fun, compiler_options=options, **self._kwargs

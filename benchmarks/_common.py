@@ -211,6 +211,17 @@ def diag_flops(n: int, k: int, d: int) -> float:
     return 8.0 * n * k * d
 
 
+def current_rss_mib() -> float | None:
+    """This process's resident set size now (MiB; None where ``/proc`` is missing)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process's own memory so far (MiB).
 

@@ -9,6 +9,10 @@ anything is compiled:
   of 700 rows share one program, and padding never costs more than 1.5x the compute.
   Sizes above :data:`FINE_ABOVE_CHUNKS` chunks use a fine grid (at most 1/16 extra
   rows), because there the compute, not the compilation, is what a user waits for.
+  Data of at least :data:`COPY_FREE_BYTES` are not padded at all (a padded copy
+  would double the memory they take): their last chunk overlaps the one before it
+  (:func:`jaxgmm._rows.overlapping_layout`), and each row count compiles its own
+  program, which a fit of that size amortises.
 * **components**: a single fit pads ``n_components`` to the next power of two with
   *inactive* components (weight exactly zero, never initialised, never updated,
   never chosen), so K = 5 and K = 6 share one program; on small data (N * D * D at
@@ -36,6 +40,8 @@ ROW_ALIGN = 8
 # Above this many chunks the grid steps by at most 1/FINE_STEPS of the size.
 FINE_ABOVE_CHUNKS = 16
 FINE_STEPS = 16
+# Single fits of data this big (bytes) read the caller's rows unpadded.
+COPY_FREE_BYTES = 1 << 27
 # Problems with N * D * D at most this pad K <= 4 to 4, and at most TINY_ROW_WORK
 # K <= 8 to 8 (see component_bucket).
 SMALL_ROW_WORK = 1 << 20
@@ -68,6 +74,13 @@ def row_layout(n_rows: int, max_chunk: int) -> tuple[int, int]:
     n_chunks = -(-bucket // max_chunk)
     chunk = -(-bucket // n_chunks)
     return n_chunks * chunk, chunk
+
+
+def copy_free(X, n_rows: int, chunk_size: int) -> bool:
+    """Whether a fit reads ``X`` (N, D) unpadded: at least :data:`COPY_FREE_BYTES`
+    of it, and at least one chunk of ``chunk_size`` rows."""
+    big = np.size(X) * np.dtype(X.dtype).itemsize >= COPY_FREE_BYTES
+    return big and n_rows >= chunk_size
 
 
 def _grid_rows(n_rows: int) -> int:

@@ -11,7 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._blocks import fit_advance, fit_many_advance, fit_many_start, fit_start
-from jaxgmm._buckets import component_bucket, first_rows, history_length, row_layout, row_work
+from jaxgmm._buckets import (
+    component_bucket,
+    copy_free,
+    first_rows,
+    history_length,
+    row_layout,
+    row_work,
+)
 from jaxgmm._chunking import chunk_size_for
 from jaxgmm._covariance import covariance_model
 from jaxgmm._driver import fit_compiled, fit_many_compiled
@@ -22,6 +29,7 @@ from jaxgmm._jit import jit
 from jaxgmm._keys import as_key, keys_for_range
 from jaxgmm._options import DEFAULTS, FitOptions
 from jaxgmm._params import FitResult, Status, first_components
+from jaxgmm._rows import overlapping_layout
 from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
 from jaxgmm._validation import (
     centre_and_cast,
@@ -344,10 +352,13 @@ def fit(
         # Restarts multiply the work of every padded component (W2: 256 of them).
         n_padded = component_bucket(n_components, row_work(n_samples, n_features) * int(n_init))
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
-        X, sample_weight = _pad_rows(X, sample_weight, n_rows)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
-        row_index = np.arange(n_rows, dtype=np.int32)
-        mask, noise = _pad_like_rows(mask, n_rows), _pad_like_rows(noise, n_rows)
+        if copy_free(X, n_samples, chunk):  # no padded copy of big data
+            sample_weight, row_index = overlapping_layout(sample_weight, n_samples, chunk)
+        else:
+            X, sample_weight = _pad_rows(X, sample_weight, n_rows)
+            row_index = np.arange(n_rows, dtype=np.int32)
+            mask, noise = _pad_like_rows(mask, n_rows), _pad_like_rows(noise, n_rows)
     static = _static_options(
         n_padded, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )

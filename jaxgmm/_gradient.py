@@ -147,6 +147,39 @@ def _check_optimizer(optimizer):
     return optimizer
 
 
+def weighted_draw_tables(weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """What :func:`weighted_rows` looks draws up in; (N,) -> ((N,), (N,) int32).
+
+    Returns:
+        The weights' prefix sums, and for each row the last row at or before it with
+        positive weight (the first such row where none is before).
+    """
+    positions = jnp.arange(weight.shape[0], dtype=jnp.int32)
+    at_or_before = jax.lax.cummax(jnp.where(weight > 0, positions, -1))
+    first = jnp.argmax(weight > 0).astype(jnp.int32)
+    return jnp.cumsum(weight), jnp.where(at_or_before >= 0, at_or_before, first)
+
+
+def weighted_rows(
+    cumulative: jax.Array, positive_at_or_before: jax.Array, u: jax.Array
+) -> jax.Array:
+    """Inverse-CDF lookup of rows for ``u`` in [0, total); never a zero-weight row.
+
+    Rounding can leave a zero-weight row a sliver of the prefix sums (``jnp.cumsum``'s
+    outputs need not even be monotone), and ``u`` can round up to the total; such a
+    draw goes to the last positive-weight row before it.
+
+    Args:
+        cumulative, positive_at_or_before: (N,) from :func:`weighted_draw_tables`;
+        u: (T,) uniform draws times the total weight.
+
+    Returns:
+        (T,) int32 rows.
+    """
+    rows = jnp.searchsorted(cumulative, u, side="right")
+    return positive_at_or_before[jnp.minimum(rows, cumulative.shape[0] - 1)]
+
+
 def _optimise(optimizer, n_steps: int, batch_size: int | None, covariance_type: str):
     """The compiled optimisation: ``n_steps`` optax steps in one ``lax.scan``."""
     import optax
@@ -158,7 +191,7 @@ def _optimise(optimizer, n_steps: int, batch_size: int | None, covariance_type: 
 
     @jit
     def run(raw, X, w, key):
-        cumulative = jnp.cumsum(w)
+        cumulative, positive_at_or_before = weighted_draw_tables(w)
         ones = jnp.ones((batch_size or 1,), X.dtype)
 
         def batch(step_key):
@@ -166,8 +199,7 @@ def _optimise(optimizer, n_steps: int, batch_size: int | None, covariance_type: 
                 return X, w
             # Rows drawn with replacement, with probability proportional to the weights.
             u = jax.random.uniform(step_key, (batch_size,), X.dtype) * cumulative[-1]
-            rows = jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), X.shape[0] - 1)
-            return X[rows], ones
+            return X[weighted_rows(cumulative, positive_at_or_before, u)], ones
 
         def step(carry, step_key):
             raw, opt_state, finite = carry

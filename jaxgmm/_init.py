@@ -132,7 +132,7 @@ def _last_positive_at_or_before(position: jax.Array, potential: jax.Array) -> ja
     return jnp.where(potential[position] > 0, position, fallback)
 
 
-def draw_rows(key, potential, n_draws: int, X, index, reducer=IN_MEMORY):
+def draw_rows(key, potential, n_draws: int, rows: Rows, reducer=IN_MEMORY):
     """Rows drawn with probability proportional to ``potential``, over every shard.
 
     Inverse-CDF sampling: one uniform number per draw picks a shard by the shards'
@@ -140,8 +140,8 @@ def draw_rows(key, potential, n_draws: int, X, index, reducer=IN_MEMORY):
     are never drawn. Only the totals and the drawn rows cross devices.
 
     Args:
-        key: PRNG key; potential: (N,) non-negative, positive somewhere;
-        n_draws: T (static); X: (N, D) this shard's rows; index: (N,) their positions.
+        key: PRNG key; potential: (M,) non-negative, positive somewhere, at the
+            positions of ``rows.flat()``; n_draws: T (static); rows: this shard's rows.
         reducer: where the rows live.
 
     Returns:
@@ -156,8 +156,9 @@ def draw_rows(key, potential, n_draws: int, X, index, reducer=IN_MEMORY):
     local_u = u - (bounds[me] - totals[me])
     position = pick_rows(potential, local_u)
     mine = shard == me
-    rows = reducer.all_reduce(jnp.where(mine[:, None], X[position], 0.0))
-    return rows, reducer.all_reduce(jnp.where(mine, index[position], 0))
+    _, index = rows.flat()
+    drawn = reducer.all_reduce(jnp.where(mine[:, None], rows.take(position), 0.0))
+    return drawn, reducer.all_reduce(jnp.where(mine, index[position], 0))
 
 
 def kmeans_plusplus(
@@ -184,12 +185,12 @@ def kmeans_plusplus(
     Returns:
         centers: (K, D) the seed rows and their positions: (K,) int32.
     """
-    X, w, index = rows.flat()  # X as stored: only drawn rows are read (centred)
+    w, _ = rows.flat()
     masked = rows.mask is not None
     n_active = n_clusters if n_active is None else n_active
     max_trials = 2 + int(math.log(n_clusters))
     n_trials = _n_local_trials(n_active)
-    first, first_index = draw_rows(jax.random.fold_in(key, 0), w, 1, X, index, reducer)
+    first, first_index = draw_rows(jax.random.fold_in(key, 0), w, 1, rows, reducer)
     first = rows.read(first)
     if rows.mask is None:
         closest = rows.map_chunks(lambda x: jnp.sum((x - first) ** 2, axis=1))
@@ -202,7 +203,7 @@ def kmeans_plusplus(
         # All remaining mass on existing seeds (duplicated points): fall back to weights.
         potential = jnp.where(reducer.all_reduce(jnp.sum(potential)) > 0, potential, w)
         candidates, candidate_index = draw_rows(
-            jax.random.fold_in(key, i), potential, max_trials, X, index, reducer
+            jax.random.fold_in(key, i), potential, max_trials, rows, reducer
         )
         candidates = rows.read(candidates)
         distances = rows.map_chunks(lambda x, m=None: _distances(x, m, candidates), masked=masked)
@@ -216,7 +217,7 @@ def kmeans_plusplus(
             new_closest[:, best],
         )
 
-    centers = jnp.broadcast_to(first, (n_clusters, X.shape[1]))
+    centers = jnp.broadcast_to(first, (n_clusters, rows.n_features))
     indices = jnp.broadcast_to(first_index, (n_clusters,))
     centers, indices, _ = jax.lax.fori_loop(1, n_active, add_seed, (centers, indices, closest))
     return centers, indices
@@ -232,14 +233,14 @@ def _top_rows_by_gumbel(key, rows: Rows, n_rows: int, reducer=IN_MEMORY):
     Returns:
         rows: (K, D) and their positions: (K,) int32.
     """
-    X, w, index = rows.flat()
+    w, index = rows.flat()
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
     gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (), jnp.float32))(row_keys).astype(w.dtype)
     score = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)) + gumbel, -jnp.inf)
-    local = min(n_rows, X.shape[0])
+    local = min(n_rows, w.shape[0])
     top, position = jax.lax.top_k(score, local)
     scores = reducer.all_gather(top).reshape(-1)
-    candidates = reducer.all_gather(X[position]).reshape(-1, X.shape[1])
+    candidates = reducer.all_gather(rows.take(position)).reshape(-1, rows.n_features)
     candidate_index = reducer.all_gather(index[position]).reshape(-1)
     _, best = jax.lax.top_k(scores, n_rows)
     return rows.read(candidates[best]), candidate_index[best]

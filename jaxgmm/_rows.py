@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgmm._stats import Stats
 
@@ -29,12 +30,19 @@ from jaxgmm._stats import Stats
 class Rows:
     """Rows of a data set, split into equal chunks.
 
+    Big data are not padded to whole chunks (the copy would double their memory):
+    then ``x`` (and ``mask``, ``noise``) hold the caller's N rows as they are, and the
+    last chunk is read as the last C rows, overlapping the chunk before it; the rows
+    read twice have weight 0 in that chunk (see :func:`overlapping_layout`).
+
     Attributes:
-        x: (N_chunks, C, D) rows (one chunk: (C, D)).
+        x: (N_chunks, C, D) rows (one chunk: (C, D)), or (N, D) with
+            (N_chunks - 1) * C < N < N_chunks * C (the overlapping layout).
         weight: (N_chunks, C) non-negative sample weights; padding rows have 0.
         index: (N_chunks, C) int32 position of each row in the caller's data, so that
             per-row random draws do not depend on padding or on how rows are sharded.
-        mask: None (every entry observed), or (N_chunks, C, D) bool, True where the
+        mask: None (every entry observed), or (N_chunks, C, D) bool (like ``x``:
+            (N, D) in the overlapping layout), True where the
             entry is observed (missing entries are stored as the column's mean, so
             passes that ignore the mask read them as about 0 once centred).
         noise: None, or the rows' known measurement-noise covariances: (N_chunks, C, D)
@@ -60,6 +68,11 @@ class Rows:
         """D."""
         return self.x.shape[-1]
 
+    @property
+    def overlapping(self) -> bool:
+        """Whether the rows are stored unpadded, the last chunk overlapping (static)."""
+        return self.x.ndim == 2
+
     def read(self, x: jax.Array) -> jax.Array:
         """Rows as the passes see them: ``x - offset``; (..., D) -> (..., D)."""
         return x if self.offset is None else x - self.offset
@@ -68,36 +81,63 @@ class Rows:
         """The same rows read as ``x - offset``; offset: (D,)."""
         return dataclasses.replace(self, offset=offset)
 
-    def flat(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(x (N, D) as stored, weight (N,), index (N,)), chunks concatenated.
+    def flat(self) -> tuple[jax.Array, jax.Array]:
+        """(weight (M,), index (M,)) of every chunk's positions, chunks concatenated
+        (M = N_chunks * C); :meth:`take` reads the rows at such positions."""
+        return self.weight.reshape(-1), self.index.reshape(-1)
 
-        ``x`` is *not* read through :meth:`read` (that would store a centred copy):
-        callers read the few rows they pick, or use :meth:`map_chunks`.
+    def take(self, position: jax.Array) -> jax.Array:
+        """The stored rows at positions of :meth:`flat`; (T,) -> (T, D).
+
+        Not read through :meth:`read` (callers centre the few rows they pick).
         """
-        return (
-            self.x.reshape(-1, self.n_features),
-            self.weight.reshape(-1),
-            self.index.reshape(-1),
-        )
+        if not self.overlapping:
+            return self.x.reshape(-1, self.n_features)[position]
+        n_chunks, chunk = self.weight.shape
+        shift = n_chunks * chunk - self.x.shape[0]
+        return self.x[jnp.where(position >= (n_chunks - 1) * chunk, position - shift, position)]
+
+    def _chunk_of(self, a: jax.Array | None, i: jax.Array) -> jax.Array | None:
+        """Chunk ``i`` of an unpadded row array (x, mask or noise): rows
+        [min(i C, N - C), +C)."""
+        if a is None:
+            return None
+        chunk = self.weight.shape[1]
+        start = jnp.minimum(i * chunk, a.shape[0] - chunk)
+        return jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=0)
+
+    def chunks(self, incomplete: bool = False) -> tuple:
+        """What ``lax.scan`` walks, one leading-axis entry per chunk; :meth:`unpack`
+        turns one entry into the chunk's arrays."""
+        if self.overlapping:
+            return (jnp.arange(self.weight.shape[0]), self.weight, self.index)
+        extra = (self.mask, self.noise) if incomplete else ()
+        return (self.x, self.weight, self.index, *extra)
+
+    def unpack(self, entry: tuple, incomplete: bool = False) -> tuple:
+        """(x (C, D) as stored, weight (C,), index (C,)[, mask, noise]) of one entry
+        of :meth:`chunks`."""
+        if not self.overlapping:
+            return entry
+        i, weight, index = entry
+        extra = (self._chunk_of(self.mask, i), self._chunk_of(self.noise, i)) if incomplete else ()
+        return (self._chunk_of(self.x, i), weight, index, *extra)
 
     def map_chunks(self, fn: Callable, masked: bool = False) -> jax.Array:
         """``fn(x)`` for every chunk of rows as read, concatenated; (C, D) -> (C, ...)
-        per chunk, (N, ...) in all. Only one chunk is read at a time. With ``masked``,
-        ``fn(x, mask)`` gets the chunk's (C, D) mask too."""
-        if not masked:
-            if self.x.shape[0] == 1:
-                return fn(self.read(self.x[0]))
-            out = jax.lax.map(lambda x: fn(self.read(x)), self.x)
-            return out.reshape((-1,) + out.shape[2:])
-        if self.x.shape[0] == 1:
-            return fn(self.read(self.x[0]), self.mask[0])
-        out = jax.lax.map(lambda c: fn(self.read(c[0]), c[1]), (self.x, self.mask))
-        return out.reshape((-1,) + out.shape[2:])
+        per chunk, (M, ...) in all, at the positions of :meth:`flat`. Only one chunk
+        is read at a time. With ``masked``, ``fn(x, mask)`` gets the chunk's (C, D)
+        mask too."""
 
-    def chunks(self) -> tuple[jax.Array, ...]:
-        """The stored arrays with a leading chunk axis, as ``lax.scan`` walks them
-        (``x`` before :meth:`read`)."""
-        return (self.x, self.weight, self.index)
+        def one(entry):
+            x, _, _, *extra = self.unpack(entry, incomplete=masked)
+            return fn(self.read(x), extra[0]) if masked else fn(self.read(x))
+
+        entries = self.chunks(incomplete=masked)
+        if self.weight.shape[0] == 1:
+            return one(_first(entries))
+        out = jax.lax.map(one, entries)
+        return out.reshape((-1,) + out.shape[2:])
 
 
 def split_rows(
@@ -108,20 +148,27 @@ def split_rows(
     mask: jax.Array | None = None,
     noise: jax.Array | None = None,
 ) -> Rows:
-    """Chunk (N, D) rows with N a multiple of ``chunk_size`` into :class:`Rows`.
+    """Chunk (N, D) rows into :class:`Rows`.
 
     Args:
-        X: (N, D) rows; weight: (N,); index: (N,) int32 row positions.
-        chunk_size: rows per chunk C (divides N).
+        X: (N, D) rows; weight: (M,); index: (M,) int32 row positions, M a multiple
+            of ``chunk_size``. N = M: the rows are reshaped into chunks. N < M: the
+            overlapping layout (weight and index from :func:`overlapping_layout`).
+        chunk_size: rows per chunk C.
         mask: None or (N, D) bool (True: observed); noise: None, (N, D) or (N, D, D).
 
     Returns:
-        :class:`Rows` with (N / C, C, ...) arrays.
+        :class:`Rows` with (M / C, C) weights and indices.
     """
-    n_chunks = X.shape[0] // chunk_size
+    n_chunks = weight.shape[0] // chunk_size
+    chunked = X.shape[0] == weight.shape[0]
+    if not chunked and not (n_chunks - 1) * chunk_size < X.shape[0] < weight.shape[0]:
+        raise ValueError(f"{X.shape[0]} rows do not fit {n_chunks} chunks of {chunk_size}")
 
     def split(a):
-        return None if a is None else a.reshape((n_chunks, chunk_size) + a.shape[1:])
+        if a is None or not chunked:
+            return a
+        return a.reshape((n_chunks, chunk_size) + a.shape[1:])
 
     return Rows(
         x=split(X),
@@ -130,6 +177,27 @@ def split_rows(
         mask=split(mask),
         noise=split(noise),
     )
+
+
+def overlapping_layout(weight, n_rows: int, chunk_size: int) -> tuple:
+    """Weights and row positions of N unpadded rows in whole chunks, the last chunk
+    being the last C rows (see :class:`Rows`).
+
+    Args:
+        weight: (N,) the rows' weights (NumPy or JAX); n_rows: N, with
+            C <= N; chunk_size: C.
+
+    Returns:
+        (weight (M,), index (M,) int32) with M = ceil(N / C) * C; the last chunk's
+        first M - N entries (rows also in the chunk before) have weight 0.
+    """
+    xp = np if isinstance(weight, np.ndarray) else jnp
+    n_chunks = -(-n_rows // chunk_size)
+    before = (n_chunks - 1) * chunk_size
+    repeated = n_chunks * chunk_size - n_rows
+    weight = xp.concatenate([weight[:before], xp.zeros(repeated, weight.dtype), weight[before:]])
+    index = np.concatenate([np.arange(before), np.arange(n_rows - chunk_size, n_rows)])
+    return weight, index.astype(np.int32)
 
 
 def _first(chunks: tuple) -> tuple:
@@ -156,17 +224,18 @@ class InMemory:
         ((C, D), (C, D, D) or None), :class:`Rows`' missing-value and noise fields.
         """
 
-        def read_chunk(x, weight, index, *extra):
+        def read_chunk(entry):
+            x, weight, index, *extra = rows.unpack(entry, incomplete)
             return fn(rows.read(x), weight, index, *extra)
 
-        chunks = rows.chunks() + ((rows.mask, rows.noise) if incomplete else ())
-        if rows.x.shape[0] == 1:
-            return self.all_reduce(read_chunk(*_first(chunks)))
-        shapes = jax.eval_shape(read_chunk, *_first(chunks))
+        chunks = rows.chunks(incomplete)
+        if rows.weight.shape[0] == 1:
+            return self.all_reduce(read_chunk(_first(chunks)))
+        shapes = jax.eval_shape(read_chunk, _first(chunks))
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-        def add_chunk(total, chunk):
-            return add(total, read_chunk(*chunk)), None
+        def add_chunk(total, entry):
+            return add(total, read_chunk(entry)), None
 
         total, _ = jax.lax.scan(add_chunk, zeros, chunks)
         return self.all_reduce(total)

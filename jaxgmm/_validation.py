@@ -15,6 +15,7 @@ import difflib
 import math
 import numbers
 import warnings
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -92,18 +93,19 @@ def _position(index: tuple) -> str:
     return f"index {index}"
 
 
-def _check_finite(values: np.ndarray, name: str, advice: str) -> None:
-    """Raise if ``values`` holds NaN or +-inf, naming how many and where the first is."""
+def _check_finite(values: np.ndarray, name: str, advice: str, allow_nan: bool = False) -> None:
+    """Raise if ``values`` holds NaN (unless ``allow_nan``) or +-inf, naming how many
+    and where the first is."""
     if not np.issubdtype(values.dtype, np.inexact):
         return
     if isinstance(values, jax.Array):  # checked where the values live
-        _check_finite_on_devices(values, name, advice)
+        _check_finite_on_devices(values, name, advice, allow_nan)
         return
-    bad = ~np.isfinite(values)
+    bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         n_bad = int(bad.sum())
-        n_nan = int(np.isnan(values).sum())
+        n_nan = 0 if allow_nan else int(np.isnan(values).sum())
         raise ValueError(
             f"{name} contains {n_bad} non-finite value{'s' if n_bad != 1 else ''} "
             f"({n_nan} NaN, {n_bad - n_nan} infinite); the first is at {_position(first)}. "
@@ -111,17 +113,29 @@ def _check_finite(values: np.ndarray, name: str, advice: str) -> None:
         )
 
 
-def _check_finite_on_devices(values: jax.Array, name: str, advice: str) -> None:
+@partial(jax.jit, static_argnames="allow_nan")
+def _all_finite(values: jax.Array, allow_nan: bool) -> jax.Array:
+    """Whether no entry is +-inf (or NaN, unless ``allow_nan``); (...) -> () bool.
+
+    One fused reduction: no (N, D) temporary (W4's 10M x 16 rows took 1.2 GiB more
+    memory with eager ``jnp.all(jnp.isfinite(values))``).
+    """
+    return jnp.all(~jnp.isinf(values) if allow_nan else jnp.isfinite(values))
+
+
+def _check_finite_on_devices(
+    values: jax.Array, name: str, advice: str, allow_nan: bool = False
+) -> None:
     """:func:`_check_finite` for a JAX array, sharded or spread over processes.
 
     Only reductions run on the devices (each device checks its own rows); their
     results are the same on every process, so all processes raise together.
     """
-    if bool(jnp.all(jnp.isfinite(values))):
+    if bool(_all_finite(values, allow_nan)):
         return
-    bad = ~jnp.isfinite(values)
+    bad = jnp.isinf(values) if allow_nan else ~jnp.isfinite(values)
     n_bad = int(jnp.sum(bad))
-    n_nan = int(jnp.sum(jnp.isnan(values)))
+    n_nan = 0 if allow_nan else int(jnp.sum(jnp.isnan(values)))
     where = ""
     if values.ndim == 2:
         row = int(jnp.argmax(jnp.any(bad, axis=1)))
@@ -187,8 +201,7 @@ def check_data_array(X, name: str = "X", n_features: int | None = None, allow_na
         )
     if not is_traced(array):
         if allow_nan and np.issubdtype(array.dtype, np.inexact):
-            xp = jnp if isinstance(array, jax.Array) else np
-            _check_finite(xp.where(xp.isnan(array), 0, array), name, _INF_ADVICE)
+            _check_finite(array, name, _INF_ADVICE, allow_nan=True)
         else:
             _check_finite(array, name, _DATA_NON_FINITE_ADVICE)
     return array

@@ -235,3 +235,33 @@ def test_a_non_finite_streamed_step_keeps_the_last_finite_parameters(data, tmp_p
         jaxgmm.fit_gradient(data, 3, chunk_rows=100)
     with pytest.raises(ValueError, match="batch_size"):
         jaxgmm.fit_gradient(path, 3, batch_size=0)
+
+
+def test_minibatch_draws_never_pick_zero_weight_rows():
+    """Adversarial draws (at every prefix sum, and at the total) land on rows with
+    weight; plain searchsorted picks the zero-weight last row for u = total."""
+    from jaxgmm._gradient import weighted_draw_tables, weighted_rows
+
+    rng = np.random.default_rng(3)
+    weight = rng.uniform(0.1, 3.0, size=3_000).astype(np.float32)
+    weight[rng.uniform(size=weight.shape) < 0.3] = 0.0
+    weight[:5] = 0.0  # zero rows before the first positive one
+    weight[-7:] = 0.0  # and after the last (padding rows)
+    cumulative, at_or_before = weighted_draw_tables(jnp.asarray(weight))
+    c = np.asarray(cumulative)
+    u = np.concatenate([c, np.nextafter(c, 0), np.nextafter(c, np.inf), [c[-1]]])
+    u = jnp.asarray(u.astype(np.float32))
+    rows = np.asarray(weighted_rows(cumulative, at_or_before, u))
+    assert (weight[rows] > 0).all()
+    plain = np.minimum(np.searchsorted(c, np.asarray(u), side="right"), weight.size - 1)
+    assert (weight[plain] == 0).any()  # the lookup above is needed
+    # Random draws follow the weights.
+    u = jax.random.uniform(jax.random.key(0), (200_000,), jnp.float32) * cumulative[-1]
+    counts = np.bincount(np.asarray(weighted_rows(cumulative, at_or_before, u)), minlength=3_000)
+    expected = 200_000 * weight / weight.sum()
+    # Blocks of 300 rows: ~20,000 draws each, so 5 % is more than 7 standard deviations.
+    blocks = np.add.reduceat(counts, np.arange(0, 3_000, 300))
+    np.testing.assert_allclose(
+        blocks, np.add.reduceat(expected, np.arange(0, 3_000, 300)), rtol=0.05
+    )
+    assert counts[weight == 0].sum() == 0

@@ -612,3 +612,12 @@ def test_fit_many_names_the_bad_data_set(X, spoil, expected):
     spoil(datasets[2], weights[2])
     with _raises(ValueError, *expected):
         jaxgmm.fit_many(datasets, K, sample_weight=weights)
+
+
+@pytest.mark.parametrize("as_array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
+def test_infinite_value_with_missing_values_allowed(X, as_array):
+    """With nan_policy='marginalize' NaN is accepted but inf is not, on host or device."""
+    X[2, 0] = np.nan
+    X[7, 2] = -np.inf
+    with _raises(ValueError, "1 non-finite value", "0 NaN, 1 infinite", "row 7, column 2"):
+        jaxgmm.fit(as_array(X), K, nan_policy="marginalize")

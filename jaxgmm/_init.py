@@ -124,9 +124,9 @@ def _last_positive_at_or_before(position: jax.Array, potential: jax.Array) -> ja
     """Each position whose potential is 0 moved to the last positive row before it
     (the first positive row if none); (T,), (M,) -> (T,) int32."""
     rows = jnp.arange(potential.shape[0], dtype=jnp.int32)
-    positive = jnp.where(potential > 0, rows, -1)
-    # One reduction per pick (T is small and static): no (T, M) intermediate.
-    before = jnp.stack([jnp.max(jnp.where(rows <= p, positive, -1)) for p in position])
+    # Running maximum of the positive rows' positions: O(M), no (T, M) intermediate.
+    last_positive = jax.lax.cummax(jnp.where(potential > 0, rows, -1))
+    before = last_positive[position]
     first = jnp.argmax(potential > 0).astype(jnp.int32)
     fallback = jnp.where(before >= 0, before, first)
     return jnp.where(potential[position] > 0, position, fallback)
@@ -136,8 +136,10 @@ def draw_rows(key, potential, n_draws: int, rows: Rows, reducer=IN_MEMORY):
     """Rows drawn with probability proportional to ``potential``, over every shard.
 
     Inverse-CDF sampling: one uniform number per draw picks a shard by the shards'
-    totals, then a row within it by the shard's cumulative sum; rows of zero potential
-    are never drawn. Only the totals and the drawn rows cross devices.
+    totals, then a chunk of rows by the shard's chunk totals, then a row within it by
+    the chunk's cumulative sum (so nothing row-sized beyond ``potential`` is made);
+    rows of zero potential are never drawn. Only the totals and the drawn rows cross
+    devices.
 
     Args:
         key: PRNG key; potential: (M,) non-negative, positive somewhere, at the
@@ -147,18 +149,32 @@ def draw_rows(key, potential, n_draws: int, rows: Rows, reducer=IN_MEMORY):
     Returns:
         rows: (T, D) and their positions: (T,) int32.
     """
-    totals = reducer.all_gather(jnp.sum(potential))
+    chunks = potential.reshape(rows.weight.shape)
+    chunk_totals = jnp.sum(chunks, axis=1)
+    totals = reducer.all_gather(jnp.sum(chunk_totals))
     bounds = jnp.cumsum(totals)
     # float32 draws whatever the dtype: float32 and float64 fits start from the same rows.
     u = jax.random.uniform(key, (n_draws,), jnp.float32).astype(potential.dtype) * bounds[-1]
     shard = jnp.minimum(jnp.searchsorted(bounds, u, side="right"), _last_positive(totals))
     me = reducer.shard_index()
     local_u = u - (bounds[me] - totals[me])
-    position = pick_rows(potential, local_u)
+    position = _pick_in_chunks(chunks, chunk_totals, local_u)
     mine = shard == me
     _, index = rows.flat()
     drawn = reducer.all_reduce(jnp.where(mine[:, None], rows.take(position), 0.0))
     return drawn, reducer.all_reduce(jnp.where(mine, index[position], 0))
+
+
+def _pick_in_chunks(potential: jax.Array, totals: jax.Array, u: jax.Array) -> jax.Array:
+    """:func:`pick_rows` over chunked potentials: a chunk by the chunks' totals, then
+    a row within it; (N_chunks, C), (N_chunks,), (T,) -> (T,) int32 flat positions."""
+    n_chunks, chunk = potential.shape
+    if n_chunks == 1:
+        return pick_rows(potential[0], u)
+    chosen = pick_rows(totals, u)
+    before = prefix_sums(totals) - totals
+    within = jax.vmap(pick_rows)(potential[chosen], (u - before[chosen])[:, None])[:, 0]
+    return chosen * chunk + within
 
 
 def kmeans_plusplus(
@@ -186,7 +202,6 @@ def kmeans_plusplus(
         centers: (K, D) the seed rows and their positions: (K,) int32.
     """
     w, _ = rows.flat()
-    masked = rows.mask is not None
     n_active = n_clusters if n_active is None else n_active
     max_trials = 2 + int(math.log(n_clusters))
     n_trials = _n_local_trials(n_active)
@@ -206,21 +221,58 @@ def kmeans_plusplus(
             jax.random.fold_in(key, i), potential, max_trials, rows, reducer
         )
         candidates = rows.read(candidates)
-        distances = rows.map_chunks(lambda x, m=None: _distances(x, m, candidates), masked=masked)
-        new_closest = jnp.minimum(closest[:, None], distances)
-        cost = reducer.all_reduce(jnp.sum(w[:, None] * new_closest, axis=0))
         trials = jnp.arange(max_trials, dtype=jnp.int32)
-        best = jnp.argmin(jnp.where(trials < n_trials, cost, jnp.inf))
+        best, closest = _best_trial(rows, w, closest, candidates, trials < n_trials, reducer)
         return (
             centers.at[i].set(candidates[best]),
             indices.at[i].set(candidate_index[best]),
-            new_closest[:, best],
+            closest,
         )
 
     centers = jnp.broadcast_to(first, (n_clusters, rows.n_features))
     indices = jnp.broadcast_to(first_index, (n_clusters,))
     centers, indices, _ = jax.lax.fori_loop(1, n_active, add_seed, (centers, indices, closest))
     return centers, indices
+
+
+def _best_trial(
+    rows: Rows, w: jax.Array, closest: jax.Array, candidates: jax.Array, usable, reducer
+) -> tuple[jax.Array, jax.Array]:
+    """The k-means++ trial that lowers the weighted potential most.
+
+    Args:
+        rows: the data; w: (M,) their weights and closest: (M,) squared distances to
+            the nearest seed so far, at the positions of ``rows.flat()``;
+        candidates: (T, D) trial seeds; usable: (T,) bool, trials that count.
+        reducer: where the rows live.
+
+    Returns:
+        The best trial's index () and the rows' new ``closest`` (M,).
+    """
+    masked = rows.mask is not None
+    if rows.weight.shape[0] == 1:  # one chunk: (rows, trials) distances are chunk-sized
+        distances = rows.map_chunks(lambda x, m=None: _distances(x, m, candidates), masked=masked)
+        new_closest = jnp.minimum(closest[:, None], distances)
+        cost = reducer.all_reduce(jnp.sum(w[:, None] * new_closest, axis=0))
+        best = jnp.argmin(jnp.where(usable, cost, jnp.inf))
+        return best, new_closest[:, best]
+
+    # Many chunks: each trial's cost chunk by chunk, then one pass for the best
+    # trial's distances; nothing (rows, trials)-sized is stored (W4: 10M rows).
+    def trial_costs(x, weight, index, *rest):
+        mask, closest = (rest[0] if masked else None), rest[-1]
+        distances = jnp.minimum(closest[:, None], _distances(x, mask, candidates))
+        return jnp.sum(weight[:, None] * distances, axis=0)
+
+    cost = reducer.sum(trial_costs, rows, incomplete=masked, per_row=(closest,))
+    best = jnp.argmin(jnp.where(usable, cost, jnp.inf))
+    chosen = candidates[best][None]
+
+    def new_closest(x, *rest):
+        mask, closest = (rest[0] if masked else None), rest[-1]
+        return jnp.minimum(closest, _distances(x, mask, chosen)[:, 0])
+
+    return best, rows.map_chunks(new_closest, masked=masked, per_row=(closest,))
 
 
 def _top_rows_by_gumbel(key, rows: Rows, n_rows: int, reducer=IN_MEMORY):

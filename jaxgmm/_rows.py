@@ -123,17 +123,23 @@ class Rows:
         extra = (self._chunk_of(self.mask, i), self._chunk_of(self.noise, i)) if incomplete else ()
         return (self._chunk_of(self.x, i), weight, index, *extra)
 
-    def map_chunks(self, fn: Callable, masked: bool = False) -> jax.Array:
+    def per_chunk(self, *per_row: jax.Array) -> tuple[jax.Array, ...]:
+        """(M, ...) arrays at the positions of :meth:`flat` -> (N_chunks, C, ...)."""
+        return tuple(a.reshape(self.weight.shape + a.shape[1:]) for a in per_row)
+
+    def map_chunks(self, fn: Callable, masked: bool = False, per_row: tuple = ()) -> jax.Array:
         """``fn(x)`` for every chunk of rows as read, concatenated; (C, D) -> (C, ...)
         per chunk, (M, ...) in all, at the positions of :meth:`flat`. Only one chunk
         is read at a time. With ``masked``, ``fn(x, mask)`` gets the chunk's (C, D)
-        mask too."""
+        mask too; ``per_row`` arrays ((M, ...), at the positions of :meth:`flat`)
+        follow as their (C, ...) chunks."""
 
         def one(entry):
+            entry, more = entry
             x, _, _, *extra = self.unpack(entry, incomplete=masked)
-            return fn(self.read(x), extra[0]) if masked else fn(self.read(x))
+            return fn(self.read(x), *extra[:1], *more)
 
-        entries = self.chunks(incomplete=masked)
+        entries = (self.chunks(incomplete=masked), self.per_chunk(*per_row))
         if self.weight.shape[0] == 1:
             return one(_first(entries))
         out = jax.lax.map(one, entries)
@@ -200,9 +206,9 @@ def overlapping_layout(weight, n_rows: int, chunk_size: int) -> tuple:
     return weight, index.astype(np.int32)
 
 
-def _first(chunks: tuple) -> tuple:
-    """The first chunk of each stored array (None stays None)."""
-    return tuple(None if a is None else a[0] for a in chunks)
+def _first(chunks):
+    """The first chunk of each stored array in a pytree (None stays None)."""
+    return jax.tree_util.tree_map(lambda a: a[0], chunks)
 
 
 def add(total, new):
@@ -216,19 +222,22 @@ def add(total, new):
 class InMemory:
     """Every row is in this program: sums run as a scan over chunks."""
 
-    def sum(self, fn: Callable, rows: Rows, *, incomplete: bool = False):
+    def sum(self, fn: Callable, rows: Rows, *, incomplete: bool = False, per_row: tuple = ()):
         """Sum ``fn(x (C, D), weight (C,), index (C,))`` over every chunk of ``rows``
         (``x`` as :meth:`Rows.read` gives it).
 
         With ``incomplete``, ``fn`` also gets the chunk's ``mask`` (C, D) and ``noise``
         ((C, D), (C, D, D) or None), :class:`Rows`' missing-value and noise fields.
+        ``per_row`` arrays ((M, ...), at the positions of :meth:`Rows.flat`) follow
+        as their (C, ...) chunks.
         """
 
         def read_chunk(entry):
+            entry, more = entry
             x, weight, index, *extra = rows.unpack(entry, incomplete)
-            return fn(rows.read(x), weight, index, *extra)
+            return fn(rows.read(x), weight, index, *extra, *more)
 
-        chunks = rows.chunks(incomplete)
+        chunks = (rows.chunks(incomplete), rows.per_chunk(*per_row))
         if rows.weight.shape[0] == 1:
             return self.all_reduce(read_chunk(_first(chunks)))
         shapes = jax.eval_shape(read_chunk, _first(chunks))

@@ -115,3 +115,38 @@ def test_inverse_cdf_picks_never_land_on_zero_potential():
     np.testing.assert_array_equal(unbatched, picks[0])
     kept = potential[plain] > 0
     np.testing.assert_array_equal(picks[kept], plain[kept])
+
+
+def test_chunked_draws_follow_the_potential_and_skip_zeros():
+    """Many chunks: a chunk by the chunk totals, then a row in it. Draws at every
+    chunk boundary (and just around it) land on rows with potential, whole zero
+    chunks are never chosen, and random draws follow the potential."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgmm._init import _pick_in_chunks, prefix_sums
+
+    rng = np.random.default_rng(2)
+    n_chunks, chunk = 40, 128
+    potential = rng.random((n_chunks, chunk)).astype(np.float32)
+    potential[:, :3] = 0.0  # zeros at every chunk start and end
+    potential[:, -2:] = 0.0
+    potential[[0, 7, 8, 39]] = 0.0  # whole chunks without potential
+    potential[rng.random(potential.shape) < 0.2] = 0.0
+    totals = jnp.asarray(potential.sum(axis=1))
+    pick = jax.jit(_pick_in_chunks)
+    bounds = np.asarray(prefix_sums(totals))
+    u = np.concatenate([bounds, np.nextafter(bounds, 0), np.nextafter(bounds, np.inf), [0.0]])
+    picks = np.asarray(pick(jnp.asarray(potential), totals, jnp.asarray(u, jnp.float32)))
+    assert (potential.reshape(-1)[picks] > 0).all()
+    u = jax.random.uniform(jax.random.key(1), (100_000,), jnp.float32) * bounds[-1]
+    picks = np.asarray(pick(jnp.asarray(potential), totals, u))
+    assert (potential.reshape(-1)[picks] > 0).all()
+    per_chunk = np.bincount(picks // chunk, minlength=n_chunks)
+    expected = 100_000 * potential.sum(axis=1) / potential.sum()
+    # ~2,700 draws per non-empty chunk: 10 % is more than 5 standard deviations.
+    np.testing.assert_allclose(per_chunk, expected, rtol=0.1, atol=0)
+    # Within chunks: quarters of every chunk (~650 draws each) within 6 sigma.
+    quarters = np.bincount(picks // (chunk // 4), minlength=4 * n_chunks)
+    expected = 100_000 * potential.reshape(-1, chunk // 4).sum(axis=1) / potential.sum()
+    assert (np.abs(quarters - expected) <= 6 * np.sqrt(expected) + 1).all()

@@ -19,6 +19,9 @@ anything is compiled:
   most :data:`SMALL_ROW_WORK`) K = 1 to 4 share one program too, and on tiny data
   (at most :data:`TINY_ROW_WORK`) K = 1 to 8 do. The fitted
   parameters are sliced back to the true K before anything is returned.
+* **covariance types**: on tiny data all four share one program, which holds every
+  covariance as a full matrix and picks the type at run time
+  (:class:`jaxgmm._covariance.Projected`).
 * **iteration counts**: the ``history`` array has the next power of two of
   ``max_iter`` entries, and ``max_iter`` itself is a traced number, so changing it
   does not recompile.

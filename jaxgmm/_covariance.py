@@ -149,6 +149,9 @@ class CovarianceModel(Protocol):
     ) -> np.ndarray:
         """Every component's covariance as a (K, D, D) matrix (host arrays)."""
 
+    def from_full_matrices(self, matrices: np.ndarray) -> np.ndarray:
+        """This type's array from (K, D, D) matrices of its form (host arrays)."""
+
     def check_precisions(self, precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
         """Raise ValueError (naming ``name``) unless these are valid precisions in ``dtype``."""
 
@@ -456,6 +459,11 @@ class Full(_MatrixCovariance):
         return covariances
 
     @staticmethod
+    def from_full_matrices(matrices: np.ndarray) -> np.ndarray:
+        """The (K, D, D) matrices themselves."""
+        return matrices
+
+    @staticmethod
     def check_precisions(precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
         """Raise unless every (D, D) precision matrix is positive definite."""
         _check_precision_matrices(precisions, dtype, name)
@@ -607,6 +615,11 @@ class Tied(_MatrixCovariance):
         return np.broadcast_to(covariances, (n_components,) + covariances.shape).copy()
 
     @staticmethod
+    def from_full_matrices(matrices: np.ndarray) -> np.ndarray:
+        """The shared matrix of K equal ones; (K, D, D) -> (D, D)."""
+        return matrices[0]
+
+    @staticmethod
     def check_precisions(precisions: np.ndarray, dtype: np.dtype, name: str) -> None:
         """Raise unless the shared precision matrix is positive definite."""
         _check_precision_matrices(precisions[None], dtype, name)
@@ -747,6 +760,11 @@ class Diag(_VarianceCovariance):
         return covariances[:, :, None] * np.eye(n_features)
 
     @staticmethod
+    def from_full_matrices(matrices: np.ndarray) -> np.ndarray:
+        """The diagonals of diagonal matrices; (K, D, D) -> (K, D)."""
+        return np.diagonal(matrices, axis1=1, axis2=2).copy()
+
+    @staticmethod
     def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
         """Unit variances for inactive (padding) components; (K, D)."""
         return jnp.where(active[:, None], covariances, 1.0)
@@ -868,6 +886,11 @@ class Spherical(_VarianceCovariance):
         return covariances[:, None, None] * np.eye(n_features)
 
     @staticmethod
+    def from_full_matrices(matrices: np.ndarray) -> np.ndarray:
+        """The factors of multiples of the identity; (K, D, D) -> (K,)."""
+        return matrices[:, 0, 0].copy()
+
+    @staticmethod
     def mask_inactive(covariances: jax.Array, active: jax.Array) -> jax.Array:
         """Unit variances for inactive (padding) components; (K,)."""
         return jnp.where(active, covariances, 1.0)
@@ -951,8 +974,56 @@ class Spherical(_VarianceCovariance):
         return z * jnp.sqrt(covariances[labels])[:, None]
 
 
+class ProjectedRegularisation(NamedTuple):
+    """The ``reg_covar`` of :class:`Projected` fits: the value, and the type to fit.
+
+    Attributes:
+        reg_covar: () non-negative value added to every covariance's diagonal.
+        kind: () int32, the position of the fitted covariance type in
+            :data:`COVARIANCE_TYPES`: a value of the program, not part of its shape.
+    """
+
+    reg_covar: jax.Array
+    kind: jax.Array
+
+
+class Projected(Full):
+    """Any covariance type held as full (K, D, D) matrices, the type chosen at run time.
+
+    The E-step is ``full``'s. The M-step computes every type's covariances from the
+    per-component scatter matrices (``full``'s, their weighted mean for ``tied``, their
+    diagonal for ``diag``, its mean for ``spherical``, each as scikit-learn defines it)
+    and keeps the one that :class:`ProjectedRegularisation` names. One compiled
+    program thus fits all four types: tiny problems use it (see
+    :mod:`jaxgmm._buckets`), where compiling a program costs a second and a fit
+    milliseconds, and D x D matrices cost no more than D variances.
+    """
+
+    name = "projected"
+
+    @staticmethod
+    def covariances(n_k, mean_shift, s_xx, reg_covar: ProjectedRegularisation):
+        """Covariances of the type ``reg_covar.kind``, as full matrices; -> (K, D, D)."""
+        outer = mean_shift[:, :, None] * mean_shift[:, None, :]
+        full = s_xx / n_k[:, None, None] - outer
+        # Inactive components (n_k = 0) have zero statistics: they add nothing here.
+        tied = jnp.sum(s_xx - n_k[:, None, None] * outer, axis=0) / jnp.sum(n_k)
+        variances = jnp.diagonal(full, axis1=1, axis2=2)
+        eye = jnp.eye(full.shape[-1], dtype=full.dtype)
+        spherical = jnp.maximum(jnp.mean(variances, axis=1), 0.0)[:, None, None] * eye
+        candidates = jnp.stack(
+            [
+                full,
+                jnp.broadcast_to(tied, full.shape),
+                jnp.maximum(variances, 0.0)[:, :, None] * eye,
+                spherical,
+            ]
+        )
+        return _add_to_diagonal(candidates[reg_covar.kind], reg_covar.reg_covar)
+
+
 _MODELS: dict[str, CovarianceModel] = {
-    model.name: model for model in (Full(), Tied(), Diag(), Spherical())
+    model.name: model for model in (Full(), Tied(), Diag(), Spherical(), Projected())
 }
 
 

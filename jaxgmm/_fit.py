@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxgmm._blocks import fit_advance, fit_many_advance, fit_many_start, fit_start
 from jaxgmm._buckets import (
+    TINY_ROW_WORK,
     component_bucket,
     copy_free,
     first_rows,
@@ -20,7 +21,12 @@ from jaxgmm._buckets import (
     row_work,
 )
 from jaxgmm._chunking import chunk_size_for
-from jaxgmm._covariance import covariance_model
+from jaxgmm._covariance import (
+    COVARIANCE_TYPES,
+    Projected,
+    ProjectedRegularisation,
+    covariance_model,
+)
 from jaxgmm._driver import fit_compiled, fit_many_compiled
 from jaxgmm._fit_progress import fit_progress
 from jaxgmm._host_loop import fits_in_one_block, run_blocks
@@ -28,7 +34,7 @@ from jaxgmm._implicit import stop_gradients, with_implicit_gradients
 from jaxgmm._jit import jit
 from jaxgmm._keys import as_key, keys_for_range
 from jaxgmm._options import DEFAULTS, FitOptions
-from jaxgmm._params import FitResult, Status, first_components
+from jaxgmm._params import FitResult, Status, first_components, from_full_matrices
 from jaxgmm._rows import overlapping_layout
 from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
 from jaxgmm._validation import (
@@ -152,6 +158,17 @@ def _pad_rows(X, sample_weight, n_rows: int):
     X = xp.concatenate([X, xp.broadcast_to(X[:1], (pad,) + X.shape[1:])])
     sample_weight = xp.asarray(sample_weight)
     return X, xp.concatenate([sample_weight, xp.zeros(pad, sample_weight.dtype)])
+
+
+def _full_precisions_init(inits: tuple, covariance_type: str, n_components: int, n_features: int):
+    """Initial precisions (if any) as (K, D, D) matrices, for a ``Projected`` fit."""
+    weights_init, means_init, precisions_init = inits
+    if precisions_init is not None:
+        precisions = np.asarray(precisions_init)
+        model = covariance_model(covariance_type)
+        full = model.full_matrices(precisions, n_components, n_features)
+        precisions_init = full.astype(precisions.dtype, copy=False)
+    return weights_init, means_init, precisions_init
 
 
 def _pad_components(inits: tuple, covariance_type: str, n_components: int, n_padded: int):
@@ -335,6 +352,7 @@ def fit(
         missing_only=noise is None,
     )
     n_padded = n_components
+    projected = False
     traced = any(is_traced(a) for a in (X, sample_weight, tol, reg_covar, *inits))
     sharding = leading_axis_sharding(X)
     if sharding is not None:  # each shard padded where it lives; stats cross devices
@@ -350,26 +368,36 @@ def fit(
         row_index = np.arange(X.shape[0], dtype=np.int32)
     else:
         # Restarts multiply the work of every padded component (W2: 256 of them).
-        n_padded = component_bucket(n_components, row_work(n_samples, n_features) * int(n_init))
+        work = row_work(n_samples, n_features) * int(n_init)
+        n_padded = component_bucket(n_components, work)
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
+        # Tiny problems: one program for all four covariance types (_covariance.Projected).
+        projected = work <= TINY_ROW_WORK and mask is None and noise is None
+        if projected:
+            inits = _full_precisions_init(inits, covariance_type, n_padded, n_features)
         if copy_free(X, n_samples, chunk):  # no padded copy of big data
             sample_weight, row_index = overlapping_layout(sample_weight, n_samples, chunk)
         else:
             X, sample_weight = _pad_rows(X, sample_weight, n_rows)
             row_index = np.arange(n_rows, dtype=np.int32)
             mask, noise = _pad_like_rows(mask, n_rows), _pad_like_rows(noise, n_rows)
+    fitted_type = Projected.name if projected else covariance_type
     static = _static_options(
-        n_padded, covariance_type, max_iter, n_init, init, chunk, progress, matmul_precision
+        n_padded, fitted_type, max_iter, n_init, init, chunk, progress, matmul_precision
     )
     static["sharding"] = sharding
+    regularisation = _scalar(reg_covar, X.dtype)
+    if projected:
+        kind = np.int32(COVARIANCE_TYPES.index(covariance_type))
+        regularisation = ProjectedRegularisation(regularisation, kind)
     args = (
         X,
         sample_weight,
         row_index,
         as_key(key),
         _scalar(tol, X.dtype),
-        _scalar(reg_covar, X.dtype),
+        regularisation,
         _scalar(max_iter, np.int32),
         _scalar(n_components, np.int32),
         *inits,
@@ -386,9 +414,10 @@ def fit(
         result = _fit_in_blocks(args, static, max_iter, description, on_interrupt)
     history = result.history
     history = history[:max_iter] if is_traced(history) else first_rows(history, max_iter)
-    result = dataclasses.replace(
-        result, params=first_components(result.params, n_components), history=history
-    )
+    params = first_components(result.params, n_components)
+    if projected:
+        params = from_full_matrices(params, covariance_type)
+    result = dataclasses.replace(result, params=params, history=history)
     concrete = not traced and not is_traced(result.status)  # else: NaN gradients, no raise
     if concrete and int(result.status) == Status.NON_FINITE:
         raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))

@@ -303,3 +303,55 @@ def test_each_prediction_call_dispatches_one_program_and_nothing_else(monkeypatc
     for _ in range(3):
         jaxgmm.predict(built, X[:99])
     assert summaries == [1]  # parameters made by hand: checked on first use only
+
+
+def test_tiny_fits_of_every_covariance_type_share_one_program():
+    """Tiny data: K = 1..6 of all four covariance types compile one fit program."""
+    X = _data(400, seed=9).astype(np.float32)
+    jaxgmm.fit(X, 2, covariance_type="full", key=0)
+    with count_compilations() as count:
+        results = {
+            (covariance_type, k): jaxgmm.fit(X, k, covariance_type=covariance_type, key=0)
+            for covariance_type in COVARIANCE_TYPES
+            for k in (1, 3, 6)
+        }
+    assert count[0] == 0
+    shapes = {"full": (6, 3, 3), "tied": (3, 3), "diag": (6, 3), "spherical": (6,)}
+    for covariance_type in COVARIANCE_TYPES:
+        params = results[covariance_type, 6].params
+        assert params.covariance_type == covariance_type
+        assert params.covariances.shape == shapes[covariance_type]
+        assert params.precisions_cholesky.shape == shapes[covariance_type]
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_shared_tiny_program_equals_each_types_own_program(monkeypatch, covariance_type):
+    """The one program of tiny fits (all types as full matrices) gives each type's fit."""
+    X = _data(250, seed=10)
+    rng = np.random.default_rng(11)
+    weights = rng.uniform(0.5, 2.0, len(X))
+    precisions = {
+        "full": np.stack([np.eye(3) * p for p in (1.0, 2.0, 0.5)]),
+        "tied": np.eye(3) * 1.5 + 0.2,
+        "diag": rng.uniform(0.5, 2.0, (3, 3)),
+        "spherical": np.array([1.0, 2.0, 0.5]),
+    }[covariance_type]
+    starts = [
+        dict(key=2, n_init=2),
+        dict(means_init=X[[0, 130, 249]], precisions_init=precisions),
+    ]
+    with jax.enable_x64(True):
+        for start in starts:
+            options = dict(covariance_type=covariance_type, tol=1e-8, reg_covar=1e-5, **start)
+            shared = jaxgmm.fit(X, 3, sample_weight=weights, **options)
+            with monkeypatch.context() as patch:
+                patch.setattr(jaxgmm._fit, "TINY_ROW_WORK", -1)  # each type's own program
+                own = jaxgmm.fit(X, 3, sample_weight=weights, **options)
+            assert shared.params.covariance_type == own.params.covariance_type
+            assert int(shared.n_iter) == int(own.n_iter) > 5
+            for name in ("weights", "means", "covariances", "precisions_cholesky"):
+                np.testing.assert_allclose(
+                    getattr(shared.params, name), getattr(own.params, name), rtol=1e-8, atol=1e-11
+                )
+            np.testing.assert_allclose(shared.lower_bound, own.lower_bound, rtol=1e-12)
+            np.testing.assert_allclose(shared.history, own.history, rtol=1e-12)

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxgmm._covariance import covariance_model
 from jaxgmm._fit import fit
+from jaxgmm._init import positive_at_or_before
 from jaxgmm._iterate import all_finite
 from jaxgmm._jit import jit
 from jaxgmm._keys import as_key
@@ -154,10 +155,7 @@ def weighted_draw_tables(weight: jax.Array) -> tuple[jax.Array, jax.Array]:
         The weights' prefix sums, and for each row the last row at or before it with
         positive weight (the first such row where none is before).
     """
-    positions = jnp.arange(weight.shape[0], dtype=jnp.int32)
-    at_or_before = jax.lax.cummax(jnp.where(weight > 0, positions, -1))
-    first = jnp.argmax(weight > 0).astype(jnp.int32)
-    return jnp.cumsum(weight), jnp.where(at_or_before >= 0, at_or_before, first)
+    return jnp.cumsum(weight), positive_at_or_before(weight)
 
 
 def weighted_rows(

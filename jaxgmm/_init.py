@@ -123,13 +123,20 @@ def pick_rows(potential: jax.Array, u: jax.Array) -> jax.Array:
 def _last_positive_at_or_before(position: jax.Array, potential: jax.Array) -> jax.Array:
     """Each position whose potential is 0 moved to the last positive row before it
     (the first positive row if none); (T,), (M,) -> (T,) int32."""
-    rows = jnp.arange(potential.shape[0], dtype=jnp.int32)
-    # Running maximum of the positive rows' positions: O(M), no (T, M) intermediate.
-    last_positive = jax.lax.cummax(jnp.where(potential > 0, rows, -1))
-    before = last_positive[position]
-    first = jnp.argmax(potential > 0).astype(jnp.int32)
-    fallback = jnp.where(before >= 0, before, first)
-    return jnp.where(potential[position] > 0, position, fallback)
+    return positive_at_or_before(potential)[position]
+
+
+def positive_at_or_before(values: jax.Array) -> jax.Array:
+    """For each position, the last position at or before it with a positive value (the
+    first positive position where none is before); (M,) -> (M,) int32.
+
+    A running maximum of the positive positions: O(M), no (T, M) intermediate however
+    many draws look it up.
+    """
+    positions = jnp.arange(values.shape[0], dtype=jnp.int32)
+    at_or_before = jax.lax.cummax(jnp.where(values > 0, positions, -1))
+    first = jnp.argmax(values > 0).astype(jnp.int32)
+    return jnp.where(at_or_before >= 0, at_or_before, first)
 
 
 def draw_rows(key, potential, n_draws: int, rows: Rows, reducer=IN_MEMORY):

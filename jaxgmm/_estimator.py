@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from jaxgmm._covariance import COVARIANCE_TYPES, covariance_model
 from jaxgmm._fit import fit as _fit
+from jaxgmm._fit import host_results
 from jaxgmm._inference import _evaluate as _evaluate_functional
 from jaxgmm._inference import count_parameters as _count_parameters
 from jaxgmm._inference import evaluate_checked as _evaluate_checked
@@ -38,7 +39,7 @@ from jaxgmm._online import online_em as _online_em
 from jaxgmm._options import DEFAULTS, MATMUL_PRECISIONS
 from jaxgmm._params import FitResult, GaussianMixtureParams, Status
 from jaxgmm._sharding import leading_axis_sharding
-from jaxgmm._validation import NAN_POLICIES
+from jaxgmm._validation import NAN_POLICIES, mark_checked
 from jaxgmm._validation import check_data_array as _check_data_array
 from jaxgmm._validation import check_params as _check_params
 from jaxgmm._validation import check_sample_weight as _check_sample_weight
@@ -198,11 +199,42 @@ def _device_dtype(dtype) -> np.dtype:
     return dtype
 
 
-def _to_device(value: np.ndarray) -> jax.Array:
-    """A fitted attribute as a JAX array in the current precision (no compiled program:
-    ``jnp.asarray`` compiles a small conversion per shape)."""
+def _device_value(value: np.ndarray) -> np.ndarray:
+    """A fitted attribute in the dtype it has on the device in the current precision
+    (cast by NumPy: ``jnp.asarray`` compiles a small conversion per shape)."""
     value = np.asarray(value)
-    return jax.device_put(value.astype(_device_dtype(value.dtype), copy=False))
+    return value.astype(_device_dtype(value.dtype), copy=False)
+
+
+class _FittedParams:
+    """The fitted model for the functional API, and the attributes it was made from.
+
+    Fits read their results on the host (:func:`jaxgmm._fit.host_results`); the
+    parameters go to the device in one transfer when a prediction first needs them,
+    not after every fit (a model-selection loop scores only some fits, and tiny models
+    are scored from a padded copy of their own). Equality is identity, so that filling
+    the cache is not a change of the estimator's ``__dict__`` (scikit-learn checks that
+    predictions leave it unchanged).
+    """
+
+    def __init__(self, source: tuple, params: GaussianMixtureParams):
+        self._source = source
+        self._params = params
+
+    def made_from(self, source: tuple) -> bool:
+        """Whether these parameters hold exactly the arrays (and precision) ``source``."""
+        return len(source) == len(self._source) and all(
+            a is b for a, b in zip(source, self._source, strict=True)
+        )
+
+    def on_device(self) -> GaussianMixtureParams:
+        """The parameters as JAX arrays (moved there, in one transfer, on first use)."""
+        params = self._params
+        fields = ("weights", "means", "covariances", "precisions_cholesky")
+        if not all(isinstance(getattr(params, name), jax.Array) for name in fields):
+            arrays = jax.device_put({name: getattr(params, name) for name in fields})
+            self._params = mark_checked(dataclasses.replace(params, **arrays))
+        return self._params
 
 
 def _precisions(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
@@ -460,7 +492,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             n_init = int(self.n_init)
         key = _seed_from(self.random_state)
         started = time.perf_counter()
-        with _precision_scope(X.dtype):
+        with _precision_scope(X.dtype), host_results():  # fitted attributes are NumPy
             result = None
             if warm and options["max_iter"] > 0:
                 result = self._warm_first_iteration(X, key, options, inits)
@@ -511,7 +543,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = _to_numpy(result.history, dtype)[: self.n_iter_]
         self._restart_lower_bounds = _to_numpy(result.restart_lower_bounds, dtype)
         with _precision_scope(dtype):  # the scope every prediction runs in
-            self._fitted_params = (self._params_source(), self._params_from(params))
+            self._fitted_params = _FittedParams(self._params_source(), self._params_from(params))
 
     def _print_verbose(self, result: FitResult, seconds: float) -> None:
         """scikit-learn-style progress messages, printed after the compiled fit."""
@@ -554,12 +586,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             ``covariances`` / ``precisions_cholesky``.
         """
         self._check_fitted()
-        source, params = getattr(self, "_fitted_params", ((), None))
+        fitted = self.__dict__.get("_fitted_params")
         current = self._params_source()
-        if len(source) == len(current) and all(
-            a is b for a, b in zip(source, current, strict=True)
-        ):
-            return params
+        if fitted is not None and fitted.made_from(current):
+            return fitted.on_device()
         return self._build_params()
 
     def _params_source(self) -> tuple:
@@ -569,11 +599,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _params_from(self, fitted: GaussianMixtureParams) -> GaussianMixtureParams:
         """:attr:`params_` as the fit returned them when they hold exactly the fitted
-        attributes in the current precision (checked when made, already on the device:
-        no copies), else built from the attributes."""
+        attributes in the current precision (checked when made; on the device, or host
+        arrays that :class:`_FittedParams` moves there on first use), else built from
+        the attributes."""
         target = _device_dtype(self.means_.dtype)
         arrays = (fitted.weights, fitted.means, fitted.covariances, fitted.precisions_cholesky)
-        if all(isinstance(a, jax.Array) and a.dtype == target for a in arrays) and all(
+        if all(
+            isinstance(a, (jax.Array, np.ndarray)) and a.dtype == target for a in arrays
+        ) and all(
             a.dtype == self.means_.dtype
             for a in (self.weights_, self.covariances_, self.precisions_cholesky_)
         ):
@@ -581,15 +614,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._build_params()
 
     def _build_params(self) -> GaussianMixtureParams:
-        """:attr:`params_` from the fitted attributes, values checked once."""
+        """:attr:`params_` from the fitted attributes (one transfer), values checked once."""
+        arrays = {
+            name: _device_value(getattr(self, name + "_"))
+            for name in ("weights", "means", "covariances", "precisions_cholesky")
+        }
         return _check_params(
-            GaussianMixtureParams(
-                weights=_to_device(self.weights_),
-                means=_to_device(self.means_),
-                covariances=_to_device(self.covariances_),
-                precisions_cholesky=_to_device(self.precisions_cholesky_),
-                covariance_type=self.covariance_type,
-            )
+            GaussianMixtureParams(**jax.device_put(arrays), covariance_type=self.covariance_type)
         )
 
     @classmethod

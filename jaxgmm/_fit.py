@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import jax
 import jax.numpy as jnp
@@ -412,15 +413,18 @@ def fit(
         result = _fit_one_program(args, static, max_iter, description, differentiable=traced)
     else:
         result = _fit_in_blocks(args, static, max_iter, description, on_interrupt)
+    concrete = not traced and not is_traced(result.status)  # else: NaN gradients, no raise
+    if concrete and int(result.status) == Status.NON_FINITE:
+        raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))
+    if concrete and _on_one_device(result):
+        result = _finish_on_host(result, n_components, max_iter, covariance_type, projected, offset)
+        return dataclasses.replace(result, params=mark_checked(result.params))
     history = result.history
     history = history[:max_iter] if is_traced(history) else first_rows(history, max_iter)
     params = first_components(result.params, n_components)
     if projected:
         params = from_full_matrices(params, covariance_type)
     result = dataclasses.replace(result, params=params, history=history)
-    concrete = not traced and not is_traced(result.status)  # else: NaN gradients, no raise
-    if concrete and int(result.status) == Status.NON_FINITE:
-        raise ValueError(_ill_defined_message(reg_covar, covariance_type, n_components))
     if offset is not None and is_traced(result.params.means):  # traced reg_covar or inits
         means = result.params.means + jnp.asarray(offset, X.dtype)
         result = dataclasses.replace(result, params=dataclasses.replace(result.params, means=means))
@@ -431,6 +435,70 @@ def fit(
     if concrete:
         mark_checked(result.params)  # finite (NON_FINITE raised above), weights sum to 1
     return result
+
+
+def _on_one_device(result: FitResult) -> bool:
+    """Whether a concrete fit's parameters and history are JAX arrays on one device."""
+    arrays = (result.history, *jax.tree_util.tree_leaves(result.params))
+    return all(isinstance(a, jax.Array) and len(a.sharding.device_set) == 1 for a in arrays)
+
+
+def _finish_on_host(
+    result: FitResult,
+    n_components: int,
+    max_iter: int,
+    covariance_type: str,
+    projected: bool,
+    offset: np.ndarray | None,
+) -> FitResult:
+    """The padded outputs of a concrete fit cut to the true K and ``max_iter`` in NumPy.
+
+    Components and history are cut, a ``Projected`` fit's matrices written in
+    ``covariance_type``'s shapes and the float64 centre added back to the means, all on
+    the host; the arrays then go back to the device in one transfer, or stay NumPy
+    arrays inside :func:`host_results` (the estimator reads them there). Each transfer
+    costs ~20-50 us; a tiny fit's program runs in ~300 us.
+    """
+    params = result.params
+    arrays = {
+        name: np.asarray(getattr(params, name))
+        for name in ("weights", "means", "covariances", "precisions_cholesky")
+    }
+    dtype = arrays["means"].dtype
+    arrays["weights"] = arrays["weights"][:n_components]
+    arrays["means"] = arrays["means"][:n_components]
+    if offset is not None:
+        arrays["means"] = (arrays["means"].astype(np.float64) + offset).astype(dtype)
+    model = covariance_model(params.covariance_type)
+    for name in ("covariances", "precisions_cholesky"):
+        if model.per_component:
+            arrays[name] = arrays[name][:n_components]
+        if projected:
+            arrays[name] = covariance_model(covariance_type).from_full_matrices(arrays[name])
+    arrays["history"] = np.asarray(result.history)[:max_iter]
+    if not _host_results.get():
+        arrays = jax.device_put(arrays)
+    history = arrays.pop("history")
+    params = dataclasses.replace(params, **arrays, covariance_type=covariance_type)
+    return dataclasses.replace(result, params=params, history=history)
+
+
+# Inside host_results(), concrete fits return NumPy parameters and history.
+_host_results: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jaxgmm_host_results", default=False
+)
+
+
+@contextmanager
+def host_results() -> Iterator[None]:
+    """Within this block, concrete fits of :func:`fit` return their parameters and
+    history as NumPy arrays (no transfer back to the device): for callers that read
+    them on the host, such as the estimator."""
+    token = _host_results.set(True)
+    try:
+        yield
+    finally:
+        _host_results.reset(token)
 
 
 def _as_dtype(values, dtype):

@@ -355,3 +355,33 @@ def test_shared_tiny_program_equals_each_types_own_program(monkeypatch, covarian
                 )
             np.testing.assert_allclose(shared.lower_bound, own.lower_bound, rtol=1e-12)
             np.testing.assert_allclose(shared.history, own.history, rtol=1e-12)
+
+
+def test_fit_results_cross_back_to_the_device_once():
+    """A fit finishes on the host: one transfer of its outputs back to the device (none
+    for the estimator, whose attributes are NumPy arrays), same values either way."""
+    X = _data(300, seed=12)  # float64 data fitted in float32: the centre is added back
+    result = jaxgmm.fit(X, 3, covariance_type="diag", key=0)
+    fields = ("weights", "means", "covariances", "precisions_cholesky")
+    assert all(isinstance(getattr(result.params, f), jax.Array) for f in fields)
+    assert isinstance(result.history, jax.Array)
+    with jaxgmm._fit.host_results():
+        host = jaxgmm.fit(X, 3, covariance_type="diag", key=0)
+    assert all(type(getattr(host.params, f)) is np.ndarray for f in fields)
+    for f in fields:
+        np.testing.assert_array_equal(getattr(host.params, f), getattr(result.params, f))
+    np.testing.assert_array_equal(host.history, result.history)
+    assert host.params.means.shape == (3, 3) and host.history.shape == (100,)
+    # every M-step keeps the weighted mean of the means at the data's mean
+    centre = host.params.weights @ host.params.means
+    np.testing.assert_allclose(centre, X.mean(axis=0), rtol=1e-4, atol=1e-4)
+
+    estimator = jaxgmm.GaussianMixture(3, covariance_type="diag", random_state=0).fit(X)
+    assert all(type(getattr(estimator, f + "_")) is np.ndarray for f in fields)
+    params = estimator.params_
+    assert all(isinstance(getattr(params, f), jax.Array) for f in fields)
+    assert estimator.params_ is params  # moved once, then kept
+    for f in fields:
+        np.testing.assert_array_equal(getattr(params, f), getattr(estimator, f + "_"))
+    estimator.means_ = estimator.means_ + 1.0  # a new attribute: params_ follow it
+    np.testing.assert_array_equal(estimator.params_.means, estimator.means_)

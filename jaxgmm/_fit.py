@@ -35,7 +35,7 @@ from jaxgmm._implicit import stop_gradients, with_implicit_gradients
 from jaxgmm._jit import jit
 from jaxgmm._keys import as_key, keys_for_range
 from jaxgmm._options import DEFAULTS, FitOptions
-from jaxgmm._params import FitResult, Status, first_components, from_full_matrices
+from jaxgmm._params import FitResult, Status, first_components
 from jaxgmm._rows import overlapping_layout
 from jaxgmm._sharding import leading_axis_sharding, pad_sharded_rows
 from jaxgmm._validation import (
@@ -373,8 +373,10 @@ def fit(
         n_padded = component_bucket(n_components, work)
         n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
-        # Tiny problems: one program for all four covariance types (_covariance.Projected).
+        # Tiny problems: one program for all four covariance types (_covariance.Projected);
+        # not inside the caller's jit, which compiles its own program anyway.
         projected = work <= TINY_ROW_WORK and mask is None and noise is None
+        projected = projected and not under_trace(())
         if projected:
             inits = _full_precisions_init(inits, covariance_type, n_padded, n_features)
         if copy_free(X, n_samples, chunk):  # no padded copy of big data
@@ -421,9 +423,7 @@ def fit(
         return dataclasses.replace(result, params=mark_checked(result.params))
     history = result.history
     history = history[:max_iter] if is_traced(history) else first_rows(history, max_iter)
-    params = first_components(result.params, n_components)
-    if projected:
-        params = from_full_matrices(params, covariance_type)
+    params = first_components(result.params, n_components)  # (never Projected here)
     result = dataclasses.replace(result, params=params, history=history)
     if offset is not None and is_traced(result.params.means):  # traced reg_covar or inits
         means = result.params.means + jnp.asarray(offset, X.dtype)

@@ -147,31 +147,6 @@ def first_components(params: GaussianMixtureParams, n_components: int) -> Gaussi
     )
 
 
-def from_full_matrices(
-    params: GaussianMixtureParams, covariance_type: str
-) -> GaussianMixtureParams:
-    """Concrete parameters held as full matrices, written as ``covariance_type``'s arrays.
-
-    The inverse of :func:`padded_components`' ``as_full`` for the parameters of a
-    :class:`~jaxgmm._covariance.Projected` fit, whose matrices are diagonal (``diag``),
-    multiples of the identity (``spherical``) or all equal (``tied``). Cut in NumPy and
-    moved to the device once (no eager program to compile).
-
-    Args:
-        params: concrete parameters with (K, D, D) covariances and precision factors.
-        covariance_type: the type they were fitted as.
-
-    Returns:
-        Parameters with ``covariance_type``'s shapes (see :class:`GaussianMixtureParams`).
-    """
-    model = covariance_model(covariance_type)
-    arrays = {
-        name: model.from_full_matrices(np.asarray(getattr(params, name)))
-        for name in ("covariances", "precisions_cholesky")
-    }
-    return dataclasses.replace(params, **jax.device_put(arrays), covariance_type=covariance_type)
-
-
 # Scoring copies of a concrete params object, by (component count, as full): made once
 # per object (its arrays never change), so repeated calls pay for neither the copy nor
 # the transfer.

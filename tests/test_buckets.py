@@ -385,3 +385,16 @@ def test_fit_results_cross_back_to_the_device_once():
         np.testing.assert_array_equal(getattr(params, f), getattr(estimator, f + "_"))
     estimator.means_ = estimator.means_ + 1.0  # a new attribute: params_ follow it
     np.testing.assert_array_equal(estimator.params_.means, estimator.means_)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_tiny_fit_inside_the_callers_jit(covariance_type):
+    """Host data fitted inside the caller's jit: the caller's program, same result."""
+    X = _data(200, seed=13).astype(np.float32)
+    eager = jaxgmm.fit(X, 3, covariance_type=covariance_type, key=1)
+    staged = jax.jit(lambda: jaxgmm.fit(X, 3, covariance_type=covariance_type, key=1))()
+    assert staged.params.covariances.shape == eager.params.covariances.shape
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_allclose(
+            getattr(staged.params, name), getattr(eager.params, name), rtol=1e-4, atol=1e-5
+        )

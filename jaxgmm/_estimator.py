@@ -37,7 +37,7 @@ from jaxgmm._inference import score as _score
 from jaxgmm._init import INIT_METHODS
 from jaxgmm._online import online_em as _online_em
 from jaxgmm._options import DEFAULTS, MATMUL_PRECISIONS
-from jaxgmm._params import FitResult, GaussianMixtureParams, Status
+from jaxgmm._params import ARRAY_FIELDS, FitResult, GaussianMixtureParams, Status
 from jaxgmm._sharding import leading_axis_sharding
 from jaxgmm._validation import NAN_POLICIES, mark_checked
 from jaxgmm._validation import check_data_array as _check_data_array
@@ -230,9 +230,8 @@ class _FittedParams:
     def on_device(self) -> GaussianMixtureParams:
         """The parameters as JAX arrays (moved there, in one transfer, on first use)."""
         params = self._params
-        fields = ("weights", "means", "covariances", "precisions_cholesky")
-        if not all(isinstance(getattr(params, name), jax.Array) for name in fields):
-            arrays = jax.device_put({name: getattr(params, name) for name in fields})
+        if not all(isinstance(getattr(params, name), jax.Array) for name in ARRAY_FIELDS):
+            arrays = jax.device_put({name: getattr(params, name) for name in ARRAY_FIELDS})
             self._params = mark_checked(dataclasses.replace(params, **arrays))
         return self._params
 
@@ -615,10 +614,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _build_params(self) -> GaussianMixtureParams:
         """:attr:`params_` from the fitted attributes (one transfer), values checked once."""
-        arrays = {
-            name: _device_value(getattr(self, name + "_"))
-            for name in ("weights", "means", "covariances", "precisions_cholesky")
-        }
+        arrays = {name: _device_value(getattr(self, name + "_")) for name in ARRAY_FIELDS}
         return _check_params(
             GaussianMixtureParams(**jax.device_put(arrays), covariance_type=self.covariance_type)
         )

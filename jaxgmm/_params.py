@@ -11,6 +11,9 @@ import numpy as np
 from jaxgmm._buckets import first_rows
 from jaxgmm._covariance import covariance_model
 
+# The array fields of GaussianMixtureParams, in order.
+ARRAY_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._chunking import CHUNK_ELEMENTS
+from jaxgmm._group_trace import tracing_group_members
 
 
 def group_size(n_members: int, elements_per_member: int) -> int:
@@ -91,9 +92,10 @@ def map_groups(fn: Callable, groups, *consts):
         The outputs, grouped as ``groups`` is.
     """
     batched = jax.vmap(fn, in_axes=(0,) + (None,) * len(consts))
-    if not isinstance(groups, Grouped):
-        return batched(groups, *consts)
-    return Grouped(jax.lax.map(lambda group: batched(group, *consts), groups.members))
+    with tracing_group_members():
+        if not isinstance(groups, Grouped):
+            return batched(groups, *consts)
+        return Grouped(jax.lax.map(lambda group: batched(group, *consts), groups.members))
 
 
 def ungroup(groups, n_members: int):

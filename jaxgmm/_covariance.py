@@ -58,6 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
+from jaxgmm._group_trace import in_group_members
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -275,8 +277,15 @@ def _dot_rows(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _dot_chunk(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b, contracting over the chunk's rows; (R, C), (C, F) -> (R, F)."""
-    if b.shape[1] <= SMALL_FEATURES + 1:
+    """a @ b, contracting over the chunk's rows; (R, C), (C, F) -> (R, F).
+
+    A matrix product, except for a few columns per member of a vmapped group (see
+    :mod:`jaxgmm._group_trace`): there one sum per column, fused with its producer.
+    Measured (medians, same process): a single fit's (16, 5,064) @ (5,064, 5) float64
+    49 us as a product vs 525 us as sums; 1,000 models of 500 rows in 2-D (W3) 20-50%
+    slower as products.
+    """
+    if b.shape[1] <= SMALL_FEATURES + 1 and in_group_members():
         return jnp.stack([jnp.sum(a * b[None, :, f], axis=1) for f in range(b.shape[1])], axis=1)
     return a @ b
 

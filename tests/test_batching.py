@@ -83,3 +83,26 @@ def test_grouped_restarts_with_zero_iterations(monkeypatch):
     assert result.history.shape == (0,)
     assert result.restart_lower_bounds.shape == (5,)
     assert int(result.n_iter) == 0
+
+
+def test_chunk_products_are_products_for_one_fit_and_sums_per_group_member():
+    # _dot_chunk: a matrix product for a single fit; one fused sum per column for the
+    # members of a vmapped group (jaxgmm._group_trace). Both equal a NumPy product.
+    from jaxgmm._covariance import _dot_chunk
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 6, 50))
+    b = rng.normal(size=(3, 50, 3))
+    expected = np.einsum("brc,bcf->brf", a, b)
+
+    def one(args):
+        return _dot_chunk(*args)
+
+    single = jax.jit(one).lower((a[0], b[0])).as_text()
+    grouped_fn = jax.jit(lambda a, b: batching.map_groups(one, (a, b)))
+    grouped = grouped_fn.lower(a, b).as_text()
+    # float64 throughout (tests/conftest.py enables x64).
+    np.testing.assert_allclose(jax.jit(one)((a[0], b[0])), expected[0], rtol=1e-12)
+    np.testing.assert_allclose(grouped_fn(a, b), expected, rtol=1e-12)
+    assert "dot_general" in single
+    assert "dot_general" not in grouped

@@ -276,16 +276,22 @@ def _dot_rows(a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
 
 
+# Rows per chunk from which a vmapped group's few-column moment sums are matrix products.
+GROUP_PRODUCT_MIN_ROWS = 1024
+
+
 def _dot_chunk(a: jax.Array, b: jax.Array) -> jax.Array:
     """a @ b, contracting over the chunk's rows; (R, C), (C, F) -> (R, F).
 
-    A matrix product, except for a few columns per member of a vmapped group (see
+    A matrix product, except for a few columns (F <= 5) and fewer than
+    :data:`GROUP_PRODUCT_MIN_ROWS` rows per member of a vmapped group (see
     :mod:`jaxgmm._group_trace`): there one sum per column, fused with its producer.
-    Measured (medians, same process): a single fit's (16, 5,064) @ (5,064, 5) float64
-    49 us as a product vs 525 us as sums; 1,000 models of 500 rows in 2-D (W3) 20-50%
-    slower as products.
+    Measured (medians): a single fit's (16, 5,064) @ (5,064, 5) float64 49 us as a
+    product vs 525 us as sums; in groups, 1,000 models of 500 rows in 2-D (W3, chunks
+    of 712 rows) 20-50 % slower as products, 256 restarts on 2,000 rows 20 % faster.
     """
-    if b.shape[1] <= SMALL_FEATURES + 1 and in_group_members():
+    few_rows = a.shape[1] < GROUP_PRODUCT_MIN_ROWS
+    if b.shape[1] <= SMALL_FEATURES + 1 and in_group_members() and few_rows:
         return jnp.stack([jnp.sum(a * b[None, :, f], axis=1) for f in range(b.shape[1])], axis=1)
     return a @ b
 

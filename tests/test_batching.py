@@ -85,14 +85,16 @@ def test_grouped_restarts_with_zero_iterations(monkeypatch):
     assert int(result.n_iter) == 0
 
 
-def test_chunk_products_are_products_for_one_fit_and_sums_per_group_member():
+@pytest.mark.parametrize("n_rows", [50, 1024])
+def test_chunk_products_are_products_for_one_fit_and_sums_per_group_member(n_rows):
     # _dot_chunk: a matrix product for a single fit; one fused sum per column for the
-    # members of a vmapped group (jaxgmm._group_trace). Both equal a NumPy product.
-    from jaxgmm._covariance import _dot_chunk
+    # members of a vmapped group with short chunks (jaxgmm._group_trace), a product
+    # again from GROUP_PRODUCT_MIN_ROWS rows. All equal a NumPy product.
+    from jaxgmm._covariance import GROUP_PRODUCT_MIN_ROWS, _dot_chunk
 
     rng = np.random.default_rng(0)
-    a = rng.normal(size=(3, 6, 50))
-    b = rng.normal(size=(3, 50, 3))
+    a = rng.normal(size=(3, 6, n_rows))
+    b = rng.normal(size=(3, n_rows, 3))
     expected = np.einsum("brc,bcf->brf", a, b)
 
     def one(args):
@@ -105,4 +107,4 @@ def test_chunk_products_are_products_for_one_fit_and_sums_per_group_member():
     np.testing.assert_allclose(jax.jit(one)((a[0], b[0])), expected[0], rtol=1e-12)
     np.testing.assert_allclose(grouped_fn(a, b), expected, rtol=1e-12)
     assert "dot_general" in single
-    assert "dot_general" not in grouped
+    assert ("dot_general" in grouped) == (n_rows >= GROUP_PRODUCT_MIN_ROWS)

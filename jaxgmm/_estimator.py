@@ -227,6 +227,10 @@ class _FittedParams:
             a is b for a, b in zip(source, self._source, strict=True)
         )
 
+    def stored(self) -> GaussianMixtureParams:
+        """The parameters as they are now: NumPy arrays, or JAX arrays once moved."""
+        return self._params
+
     def on_device(self) -> GaussianMixtureParams:
         """The parameters as JAX arrays (moved there, in one transfer, on first use)."""
         params = self._params
@@ -709,7 +713,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 sample_weight = np.ones(X.shape[0], dtype)
             elif output == "score":
                 sample_weight = _check_sample_weight(sample_weight, X.shape[0], dtype, 1)
-            return _evaluate_checked(self.params_, X, output, sample_weight, host_rows=True)
+            return _evaluate_checked(
+                self._evaluation_params(), X, output, sample_weight, host_rows=True
+            )
+
+    def _evaluation_params(self) -> GaussianMixtureParams:
+        """:attr:`params_` as the fit stored them: NumPy arrays until something needed
+        them on the device. Scoring pads small models on the host and moves the copy
+        once (:func:`jaxgmm._params.padded_components`), so a model scored once (a
+        model-selection loop) is not moved to the device and read back first."""
+        fitted = self.__dict__.get("_fitted_params")
+        if fitted is not None and fitted.made_from(self._params_source()):
+            return fitted.stored()
+        return self.params_
 
     def _predict_validated(self, X: np.ndarray) -> np.ndarray:
         return self._evaluate(X, "predict").astype(np.intp)

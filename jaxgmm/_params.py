@@ -167,7 +167,8 @@ def padded_components(
     With ``as_full``, every covariance type is also written as full (K, D, D) matrices
     (diagonal, multiples of the identity, or the shared matrix repeated; their
     precision factors likewise), so that one ``full`` program scores models of all
-    four types. Built in NumPy and moved to the device once; cached on ``params``.
+    four types. Built in NumPy and moved to the device once; cached on ``params``
+    (NumPy-backed parameters with nothing to pad get their device copy the same way).
 
     Args:
         params: concrete parameters with K <= ``n_padded`` components.
@@ -179,7 +180,8 @@ def padded_components(
         arrays with K_pad components (a tied covariance is shared and unchanged unless
         ``as_full``).
     """
-    if params.n_components == n_padded and not as_full:
+    on_device = all(isinstance(getattr(params, name), jax.Array) for name in ARRAY_FIELDS)
+    if params.n_components == n_padded and not as_full and on_device:
         return params
     cache = params.__dict__.setdefault(_SCORING_COPIES, {})
     if (n_padded, as_full) not in cache:

@@ -391,6 +391,45 @@ def test_fit_results_cross_back_to_the_device_once():
     np.testing.assert_array_equal(estimator.params_.means, estimator.means_)
 
 
+@pytest.mark.parametrize("covariance_type", ["tied", "spherical"])
+def test_estimator_scores_a_tiny_model_without_moving_its_parameters_first(covariance_type):
+    """Scoring pads a tiny model on the host and moves only that copy: the fitted
+    parameters stay NumPy arrays, and BIC / predictions equal a NumPy computation."""
+    X = _data(300, seed=14)
+    estimator = jaxgmm.GaussianMixture(3, covariance_type=covariance_type, random_state=0)
+    estimator.fit(X)
+    stored = estimator._fitted_params.stored()
+    fields = ("weights", "means", "covariances", "precisions_cholesky")
+    assert all(type(getattr(stored, f)) is np.ndarray for f in fields)
+
+    # Reference: log N(x | mean_k, cov_k) from the fitted attributes, in NumPy.
+    covs = estimator.covariances_
+    if covariance_type == "tied":
+        covs = np.repeat(covs[None], 3, axis=0)
+    else:
+        covs = covs[:, None, None] * np.eye(X.shape[1])
+    log_dens = np.stack(
+        [
+            -0.5 * np.einsum("nd,de,ne->n", X - m, np.linalg.inv(c), X - m)
+            - 0.5 * np.linalg.slogdet(2 * np.pi * c)[1]
+            for m, c in zip(estimator.means_, covs, strict=True)
+        ],
+        axis=1,
+    ) + np.log(estimator.weights_)
+    top = log_dens.max(axis=1, keepdims=True)
+    log_lik = (top[:, 0] + np.log(np.exp(log_dens - top).sum(axis=1))).sum()
+    n_params = (
+        3 * X.shape[1]
+        + 2
+        + (X.shape[1] * (X.shape[1] + 1) // 2 if covariance_type == "tied" else 3)
+    )
+    expected_bic = -2 * log_lik + n_params * np.log(X.shape[0])
+    np.testing.assert_allclose(estimator.bic(X), expected_bic, rtol=1e-5)
+    np.testing.assert_array_equal(estimator.predict(X), log_dens.argmax(axis=1))
+    stored = estimator._fitted_params.stored()
+    assert all(type(getattr(stored, f)) is np.ndarray for f in fields)
+
+
 @pytest.mark.parametrize("covariance_type", ["diag"])
 def test_tiny_fit_inside_the_callers_jit(covariance_type):
     """Host data fitted inside the caller's jit: the caller's program, same result."""

@@ -7,8 +7,10 @@ anything is compiled:
 * **rows** are padded with zero-weight rows (they change no sum) to the next size on
   a geometric grid with growth factor :data:`GROWTH` (1.5), so data sets of 500 and
   of 700 rows share one program, and padding never costs more than 1.5x the compute.
-  Sizes above :data:`FINE_ABOVE_CHUNKS` chunks use a fine grid (at most 1/16 extra
-  rows), because there the compute, not the compilation, is what a user waits for.
+  Sizes above :data:`FINE_ABOVE_CHUNKS` chunks, and single fits of at least
+  :data:`FINE_WORK` (rows x features x components x restarts), use a fine grid (at
+  most 1/16 extra rows), because there the compute, not the compilation, is what a
+  user waits for.
   Data of at least :data:`COPY_FREE_BYTES` are not padded at all (a padded copy
   would double the memory they take): their last chunk overlaps the one before it
   (:func:`jaxgmm._rows.overlapping_layout`), and each row count compiles its own
@@ -43,6 +45,12 @@ ROW_ALIGN = 8
 # Above this many chunks the grid steps by at most 1/FINE_STEPS of the size.
 FINE_ABOVE_CHUNKS = 16
 FINE_STEPS = 16
+# Fits with rows x features x components x restarts at least this use the fine grid at
+# every size. Such a fit runs ~0.1 s or more, and padding costs it more than the
+# growth factor's share: scikit-learn's digits (1,797 x 64, K = 10, n_init = 10,
+# spherical) padded to 2,400 rows took 152 ms, padded to 1,800 rows 93 ms (the
+# restart groups also fit the cache better), same process, medians.
+FINE_WORK = 1 << 23
 # Single fits of data this big (bytes) read the caller's rows unpadded.
 COPY_FREE_BYTES = 1 << 27
 # Problems with N * D * D at most this pad K <= 4 to 4, and at most TINY_ROW_WORK
@@ -57,12 +65,14 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def row_layout(n_rows: int, max_chunk: int) -> tuple[int, int]:
+def row_layout(n_rows: int, max_chunk: int, work: int | None = None) -> tuple[int, int]:
     """Padded row count and rows per chunk for ``n_rows`` rows.
 
     Args:
         n_rows: N, the number of real rows (>= 1).
         max_chunk: the largest chunk the kernel wants (rows).
+        work: a fit's rows x features x components x restarts, if known: at least
+            :data:`FINE_WORK` takes the fine grid at every size.
 
     Returns:
         (padded rows N_pad >= N, chunk rows C <= max_chunk) with N_pad a multiple of C;
@@ -73,7 +83,10 @@ def row_layout(n_rows: int, max_chunk: int) -> tuple[int, int]:
         n_chunks = -(-n_rows // max_chunk)
         step = 2 ** max(0, n_chunks.bit_length() - 1 - int(math.log2(FINE_STEPS)))
         return _round_up(n_chunks, step) * max_chunk, max_chunk
-    bucket = _grid_rows(n_rows)
+    if work is not None and work >= FINE_WORK:
+        bucket = _fine_grid_rows(n_rows)
+    else:
+        bucket = _grid_rows(n_rows)
     n_chunks = -(-bucket // max_chunk)
     chunk = -(-bucket // n_chunks)
     return n_chunks * chunk, chunk
@@ -92,6 +105,12 @@ def _grid_rows(n_rows: int) -> int:
     while bucket < n_rows:
         bucket = math.ceil(bucket * GROWTH)
     return _round_up(bucket, ROW_ALIGN)
+
+
+def _fine_grid_rows(n_rows: int) -> int:
+    """The fine grid's size for ``n_rows`` rows: steps of at most 1/16 of the size."""
+    step = 1 << max(0, n_rows.bit_length() - 1 - int(math.log2(FINE_STEPS)))
+    return _round_up(n_rows, max(step, ROW_ALIGN))
 
 
 def row_work(n_rows: int, n_features: int) -> int:

@@ -371,7 +371,8 @@ def fit(
         # Restarts multiply the work of every padded component (W2: 256 of them).
         work = row_work(n_samples, n_features) * int(n_init)
         n_padded = component_bucket(n_components, work)
-        n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk)
+        fit_work = n_samples * n_features * n_components * int(n_init)
+        n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk, fit_work)
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
         # Tiny problems: one program for all four covariance types (_covariance.Projected);
         # not inside the caller's jit, which compiles its own program anyway.

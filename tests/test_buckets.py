@@ -9,6 +9,8 @@ import pytest
 import jaxgmm
 import jaxgmm._fit
 from jaxgmm._buckets import (
+    FINE_STEPS,
+    FINE_WORK,
     GROWTH,
     SMALL_ROW_WORK,
     TINY_ROW_WORK,
@@ -56,6 +58,33 @@ def test_row_grid_growth_and_alignment(max_chunk):
         assert padded >= n and chunk <= max_chunk and padded % chunk == 0
         # padding never costs more than the growth factor (plus row alignment)
         assert padded <= GROWTH * n + 8 + padded // chunk
+
+
+@pytest.mark.parametrize("max_chunk", [64, 1000, 43690])
+def test_fits_of_much_work_take_the_fine_row_grid(max_chunk):
+    for n in range(1, 40 * max_chunk, max(1, max_chunk // 7)):
+        padded, chunk = row_layout(n, max_chunk, FINE_WORK)
+        assert padded >= n and chunk <= max_chunk and padded % chunk == 0
+        # at most 1/16 extra rows (plus row alignment and rounding to whole chunks)
+        assert padded <= n + n / FINE_STEPS + 8 + padded // chunk
+        # less work: the coarse grid
+        assert row_layout(n, max_chunk, FINE_WORK - 1) == row_layout(n, max_chunk)
+    # scikit-learn's digits: 1,797 rows pad to 1,800 + at most 1/16, not to 2,400
+    assert row_layout(1797, 43690, FINE_WORK)[0] <= 1797 * (1 + 1 / FINE_STEPS)
+
+
+def test_fit_gives_the_row_grid_its_work(monkeypatch):
+    """fit reports rows x features x components x restarts to the row grid."""
+    seen = []
+
+    def record(n_rows, max_chunk, *work):
+        seen.append(work)
+        raise KeyboardInterrupt  # stop before anything is compiled
+
+    monkeypatch.setattr(jaxgmm._fit, "row_layout", record)
+    with pytest.raises(KeyboardInterrupt):
+        jaxgmm.fit(_data(300, n_features=5), 3, n_init=7)
+    assert seen == [(300 * 5 * 3 * 7,)]
 
 
 def test_row_grid_needs_six_programs_for_500_to_5000_rows():
@@ -174,7 +203,7 @@ def test_scoring_models_of_any_k_and_covariance_type_compiles_once():
 
 def _unpadded(monkeypatch):
     """Make fit skip every bucket: rows, components and iteration counts exact."""
-    monkeypatch.setattr(jaxgmm._fit, "row_layout", lambda n, chunk: (n, min(n, chunk)))
+    monkeypatch.setattr(jaxgmm._fit, "row_layout", lambda n, chunk, *work: (n, min(n, chunk)))
     monkeypatch.setattr(jaxgmm._fit, "component_bucket", lambda k, *work: k)
     monkeypatch.setattr(jaxgmm._fit, "history_length", lambda m: m)
 

@@ -46,11 +46,12 @@ ROW_ALIGN = 8
 FINE_ABOVE_CHUNKS = 16
 FINE_STEPS = 16
 # Fits with rows x features x components x restarts at least this use the fine grid at
-# every size. Such a fit runs ~0.1 s or more, and padding costs it more than the
-# growth factor's share: scikit-learn's digits (1,797 x 64, K = 10, n_init = 10,
-# spherical) padded to 2,400 rows took 152 ms, padded to 1,800 rows 93 ms (the
-# restart groups also fit the cache better), same process, medians.
-FINE_WORK = 1 << 23
+# every size. Such a fit runs ~0.05 s or more, and padding costs it more than the
+# growth factor's share (same session, medians): scikit-learn's digits (1,797 x 64,
+# K = 10, n_init = 10, spherical) padded to 2,400 rows took 146-152 ms, to 1,856 rows
+# 93-101 ms (the restart groups also fit the cache better); W2 (2,000 x 2, K = 4,
+# n_init = 256) padded to 2,400 rows 91-94 ms, to 2,048 rows 74-77 ms.
+FINE_WORK = 1 << 21
 # Single fits of data this big (bytes) read the caller's rows unpadded.
 COPY_FREE_BYTES = 1 << 27
 # Problems with N * D * D at most this pad K <= 4 to 4, and at most TINY_ROW_WORK

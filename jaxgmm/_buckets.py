@@ -7,8 +7,9 @@ anything is compiled:
 * **rows** are padded with zero-weight rows (they change no sum) to the next size on
   a geometric grid with growth factor :data:`GROWTH` (1.5), so data sets of 500 and
   of 700 rows share one program, and padding never costs more than 1.5x the compute.
-  Sizes above :data:`FINE_ABOVE_CHUNKS` chunks, and single fits of at least
-  :data:`FINE_WORK` (rows x features x components x restarts), use a fine grid (at
+  Sizes above :data:`FINE_ABOVE_CHUNKS` chunks, and fits of at least
+  :data:`FINE_WORK` (rows x features x components x restarts, x data sets for
+  ``fit_many``), use a fine grid (at
   most 1/16 extra rows), because there the compute, not the compilation, is what a
   user waits for.
   Data of at least :data:`COPY_FREE_BYTES` are not padded at all (a padded copy
@@ -50,7 +51,8 @@ FINE_STEPS = 16
 # growth factor's share (same session, medians): scikit-learn's digits (1,797 x 64,
 # K = 10, n_init = 10, spherical) padded to 2,400 rows took 146-152 ms, to 1,856 rows
 # 93-101 ms (the restart groups also fit the cache better); W2 (2,000 x 2, K = 4,
-# n_init = 256) padded to 2,400 rows 91-94 ms, to 2,048 rows 74-77 ms.
+# n_init = 256) padded to 2,400 rows 91-94 ms, to 2,048 rows 74-77 ms; W3 (fit_many,
+# 1,000 x 500 x 2, K = 3) padded to 712 rows 122-125 ms, to 512 rows 90-92 ms.
 FINE_WORK = 1 << 21
 # Single fits of data this big (bytes) read the caller's rows unpadded.
 COPY_FREE_BYTES = 1 << 27

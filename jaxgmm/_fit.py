@@ -769,7 +769,8 @@ def fit_many(
         incomplete=mask is not None,
         missing_only=True,
     )
-    n_rows, chunk = row_layout(n_samples, max_chunk)
+    fit_work = n_models * n_samples * n_features * n_components * int(n_init)
+    n_rows, chunk = row_layout(n_samples, max_chunk, fit_work)
     if n_rows > n_samples:  # zero-weight copies of each data set's first row
         pad = n_rows - n_samples
         X = np.concatenate([X, np.broadcast_to(X[:, :1], (n_models, pad, n_features))], axis=1)
@@ -900,7 +901,8 @@ def _fit_sharded_models(
         ).reshape(n_models, n_samples)
     inits = check_initial_params(*inits, covariance_type, n_components, n_features, dtype)
     max_chunk = _max_chunk(options["chunk_size"], n_components, n_features, covariance_type)
-    n_rows, chunk = row_layout(n_samples, max_chunk)
+    fit_work = n_models * n_samples * n_features * n_components * int(options["n_init"])
+    n_rows, chunk = row_layout(n_samples, max_chunk, fit_work)
     X, W = _pad_models_rows(X, W, n_rows, sharding)
     keys = keys_for_range(key, n_models)
     keys = jax.device_put(keys, sharding.named())

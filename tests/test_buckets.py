@@ -74,7 +74,8 @@ def test_fits_of_much_work_take_the_fine_row_grid(max_chunk):
 
 
 def test_fit_gives_the_row_grid_its_work(monkeypatch):
-    """fit reports rows x features x components x restarts to the row grid."""
+    """fit and fit_many report (models x) rows x features x components x restarts to
+    the row grid."""
     seen = []
 
     def record(n_rows, max_chunk, *work):
@@ -84,7 +85,9 @@ def test_fit_gives_the_row_grid_its_work(monkeypatch):
     monkeypatch.setattr(jaxgmm._fit, "row_layout", record)
     with pytest.raises(KeyboardInterrupt):
         jaxgmm.fit(_data(300, n_features=5), 3, n_init=7)
-    assert seen == [(300 * 5 * 3 * 7,)]
+    with pytest.raises(KeyboardInterrupt):
+        jaxgmm.fit_many(np.stack([_data(300, n_features=5)] * 4), 3, n_init=2)
+    assert seen == [(300 * 5 * 3 * 7,), (4 * 300 * 5 * 3 * 2,)]
 
 
 def test_row_grid_needs_six_programs_for_500_to_5000_rows():

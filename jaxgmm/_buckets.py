@@ -9,9 +9,8 @@ anything is compiled:
   of 700 rows share one program, and padding never costs more than 1.5x the compute.
   Sizes above :data:`FINE_ABOVE_CHUNKS` chunks, and fits of at least
   :data:`FINE_WORK` (rows x features x components x restarts, x data sets for
-  ``fit_many``), use a fine grid (at
-  most 1/16 extra rows), because there the compute, not the compilation, is what a
-  user waits for.
+  ``fit_many``), use a fine grid (at most 1/16 extra rows), because there the
+  compute, not the compilation, is what a user waits for.
   Data of at least :data:`COPY_FREE_BYTES` are not padded at all (a padded copy
   would double the memory they take): their last chunk overlaps the one before it
   (:func:`jaxgmm._rows.overlapping_layout`), and each row count compiles its own

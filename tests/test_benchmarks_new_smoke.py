@@ -58,8 +58,9 @@ def test_bench_realdata_quick_writes_table(tmp_path, monkeypatch):
     bench = _import_benchmark("bench_realdata", monkeypatch)
     path = bench.main(["--quick", "--out", str(tmp_path)])
     text = path.read_text()
-    assert "| data set | N × D | K | covariance | jaxgmm first call (s) |" in text
-    assert "| iris | 150 × 4 | 3 | full |" in text
+    assert "| data set | N × D | K | covariance | input | jaxgmm first call (s) |" in text
+    assert "| iris | 150 × 4 | 3 | full | float64 |" in text
+    assert "| iris | 150 × 4 | 3 | full | float32 |" in text
     assert "geometric-mean speed-up ≥ 3×" in text
     assert "Geometric-mean speed-up:" in text
     assert (tmp_path / "bench_realdata.json").exists()

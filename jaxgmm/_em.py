@@ -25,7 +25,9 @@ def log_resp_and_norm(X: jax.Array, params: GaussianMixtureParams):
     return wlp - log_norm[:, None], log_norm
 
 
-def e_step(rows: Rows, params: GaussianMixtureParams, reducer=IN_MEMORY) -> Stats:
+def e_step(
+    rows: Rows, params: GaussianMixtureParams, reducer=IN_MEMORY, origin: jax.Array | None = None
+) -> Stats:
     """E-step over all rows: summed sufficient statistics and log-likelihood.
 
     Every covariance model has a fused kernel: log-densities, responsibilities and
@@ -37,23 +39,40 @@ def e_step(rows: Rows, params: GaussianMixtureParams, reducer=IN_MEMORY) -> Stat
         rows: the data (:class:`~jaxgmm._rows.Rows`, chunks of (C, D)).
         params: current parameters.
         reducer: where the rows live (:mod:`jaxgmm._rows`).
+        origin: None, or (D,) the point the expanded ``diag``/``spherical`` kernels
+            expand around instead of zero (see :func:`expansion_origin`).
 
     Returns:
         :class:`Stats` summed over every row.
     """
     model = covariance_model(params.covariance_type)
     log_weights = jnp.log(params.weights)
+    means = params.means if origin is None else params.means - origin
 
     def fused(X, sample_weight, index):
-        return model.fused_chunk(
-            X, sample_weight, params.means, params.precisions_cholesky, log_weights
-        )
+        X = X if origin is None else X - origin
+        return model.fused_chunk(X, sample_weight, means, params.precisions_cholesky, log_weights)
 
     partials = reducer.sum(fused, rows)
-    n_k, shift, s_x, s_xx = model.fused_finish(
-        partials.moments, params.means, params.precisions_cholesky
-    )
+    n_k, shift, s_x, s_xx = model.fused_finish(partials.moments, means, params.precisions_cholesky)
+    shift = shift if origin is None else shift + origin
     return Stats(n_k, s_x, s_xx, shift, partials.log_lik_sum, partials.n, params.covariance_type)
+
+
+def expansion_origin(params: GaussianMixtureParams) -> jax.Array:
+    """The point the fused ``diag``/``spherical`` E-step expands around; -> (D,).
+
+    Expanded densities lose ~eps * precision * (mean - origin)**2 to cancellation, so
+    the tightest components matter most: the origin is the components' means averaged
+    with their precisions as weights (per feature; padding components, of weight 0,
+    left out). Real data with features that are constant within one component (blank
+    pixels: variance ``reg_covar``) then expand around that constant instead of the
+    data's centre, and float32 fits keep the matrix-product E-step.
+    """
+    model = covariance_model(params.covariance_type)
+    precisions = jnp.broadcast_to(1.0 / model.variances(params.covariances), params.means.shape)
+    precisions = jnp.where((params.weights > 0)[:, None], precisions, 0.0)
+    return jnp.sum(precisions * params.means, axis=0) / jnp.sum(precisions, axis=0)
 
 
 def exact_e_step(
@@ -84,21 +103,24 @@ def exact_e_step(
     return reducer.sum(one_chunk, rows)
 
 
-def needs_exact_e_step(params: GaussianMixtureParams) -> jax.Array:
+def needs_exact_e_step(params: GaussianMixtureParams, origin: jax.Array | None = None) -> jax.Array:
     """Whether the fused (expanded) E-step would lose precision for these parameters.
 
-    Expanded ``diag``/``spherical`` densities have absolute error ~ eps * mean**2 /
-    variance (data centred): true when some variance is below 1e3 * eps * mean**2.
+    Expanded ``diag``/``spherical`` densities have absolute error ~ eps * (mean -
+    origin)**2 / variance: true when some variance is below 1e3 * eps * (mean -
+    origin)**2.
 
     Args:
         params: ``diag`` or ``spherical`` parameters in centred coordinates.
+        origin: None (zero: the data's centre) or (D,), the expansion point.
 
     Returns:
         () bool.
     """
     variance = covariance_model(params.covariance_type).variances(params.covariances)
     eps = jnp.finfo(variance.dtype).eps
-    return jnp.any(variance < 1e3 * eps * params.means**2)
+    offset = params.means if origin is None else params.means - origin
+    return jnp.any(variance < 1e3 * eps * offset**2)
 
 
 def lost_precision(stats: Stats, params: GaussianMixtureParams) -> jax.Array:

@@ -16,7 +16,14 @@ import jax.numpy as jnp
 
 from jaxgmm._batching import cond_any
 from jaxgmm._covariance import covariance_model
-from jaxgmm._em import e_step, exact_e_step, lost_precision, m_step, needs_exact_e_step
+from jaxgmm._em import (
+    e_step,
+    exact_e_step,
+    expansion_origin,
+    lost_precision,
+    m_step,
+    needs_exact_e_step,
+)
 from jaxgmm._incomplete import incomplete_e_step
 from jaxgmm._params import GaussianMixtureParams
 from jaxgmm._rows import IN_MEMORY, InMemory, Rows
@@ -105,12 +112,14 @@ class EM:
             )
         if not model.expanded_density:
             return e_step(rows, params, reducer)
+        origin = expansion_origin(params)
         return cond_any(
-            needs_exact_e_step(params),
-            lambda rows, p: exact_e_step(rows, p, p.means, reducer),
-            lambda rows, p: e_step(rows, p, reducer),
+            needs_exact_e_step(params, origin),
+            lambda rows, p, origin: exact_e_step(rows, p, p.means, reducer),
+            lambda rows, p, origin: e_step(rows, p, reducer, origin),
             rows,
             params,
+            origin,
         )
 
     def update(self, stats: Stats) -> GaussianMixtureParams:

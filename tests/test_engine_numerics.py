@@ -191,3 +191,63 @@ def test_fused_e_step_under_vmap_matches_loop():
         np.testing.assert_allclose(
             results.params.covariances[b], single.params.covariances, rtol=1e-6
         )
+
+
+def _numpy_variance_m_step(X, weights, means, variances, covariance_type, reg_covar):
+    """One EM step for diag/spherical parameters in float64 NumPy; -> (means, covariances)."""
+    X = X.astype(np.float64)
+    var = np.broadcast_to(np.asarray(variances, np.float64).reshape(len(means), -1), means.shape)
+    log_prob = np.log(weights) - 0.5 * np.sum(
+        np.log(2 * np.pi * var)[None] + (X[:, None, :] - means[None]) ** 2 / var[None], axis=2
+    )
+    resp = np.exp(log_prob - np.logaddexp.reduce(log_prob, axis=1, keepdims=True))
+    n_k = resp.sum(axis=0)
+    new_means = resp.T @ X / n_k[:, None]
+    spread = np.einsum("ck,ckd->kd", resp, (X[:, None, :] - new_means[None]) ** 2) / n_k[:, None]
+    if covariance_type == "spherical":
+        spread = spread.mean(axis=1)
+    return new_means, spread + reg_covar
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_expanded_e_step_is_accurate_in_float32_around_a_tight_far_component(covariance_type):
+    """A component far from the data's centre and tight in every feature (like digits'
+    blank pixels, constant within a class): expanded around the precision-weighted
+    origin, the float32 fused E- and M-step match a float64 NumPy step, and the exact
+    pass is not needed; expanded around the centre, the same step is far off."""
+    from jaxgmm._em import expansion_origin, needs_exact_e_step
+    from jaxgmm._params import GaussianMixtureParams
+
+    rng = np.random.default_rng(7)
+    tight = np.array([40.0, 5.0, 5.0, 5.0]) + 0.01 * rng.normal(size=(600, 4))
+    loose = np.array([-40.0, -5.0, -5.0, -5.0]) + rng.normal(size=(600, 4))
+    X = np.concatenate([tight, loose]).astype(np.float32)
+    X = X - X.mean(axis=0)  # the engine works on centred rows
+    means = np.stack([X[:600].mean(axis=0), X[600:].mean(axis=0)]).astype(np.float64)
+    variances = np.stack([X[:600].var(axis=0), X[600:].var(axis=0)]).astype(np.float64)
+    if covariance_type == "spherical":
+        variances = variances.mean(axis=1)
+    weights = np.array([0.5, 0.5])
+    params = GaussianMixtureParams(
+        weights=jnp.asarray(weights, jnp.float32),
+        means=jnp.asarray(means, jnp.float32),
+        covariances=jnp.asarray(variances, jnp.float32),
+        precisions_cholesky=jnp.asarray(1.0 / np.sqrt(variances), jnp.float32),
+        covariance_type=covariance_type,
+    )
+    rows = split_rows(jnp.asarray(X), jnp.ones(len(X), jnp.float32), jnp.arange(len(X)), 400)
+    reg = 1e-6
+    ref_means, ref_covariances = _numpy_variance_m_step(
+        X, weights, means, variances, covariance_type, reg
+    )
+    origin = expansion_origin(params)
+    assert not needs_exact_e_step(params, origin)
+    assert needs_exact_e_step(params)  # around the centre, the fallback would be taken
+    shifted = m_step(
+        e_step(rows, params, origin=origin), jnp.asarray(reg, jnp.float32), covariance_type
+    )
+    np.testing.assert_allclose(shifted.means, ref_means, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(shifted.covariances, ref_covariances, rtol=1e-3)
+    centred = m_step(e_step(rows, params), jnp.asarray(reg, jnp.float32), covariance_type)
+    tight_error = np.abs(np.asarray(centred.covariances)[0] / ref_covariances[0] - 1.0)
+    assert np.max(tight_error) > 1e-2

@@ -120,8 +120,9 @@ def cond_any(pred: jax.Array, true_fn: Callable, false_fn: Callable, *operands):
     """``lax.cond(pred, true_fn, false_fn, *operands)`` that stays a branch under ``vmap``.
 
     A batched ``lax.cond`` becomes a ``select``: every member computes both branches,
-    every time. Here the batched form computes ``false_fn`` for the batch and, only when
-    some member's predicate holds, ``true_fn`` too, taking each member's own branch.
+    every time. Here the batched form computes ``false_fn`` for the batch when no
+    member's predicate holds, ``true_fn`` when every member's does, and both (taking
+    each member's own branch) otherwise.
     Members get exactly the values they would get unbatched. ``true_fn`` and
     ``false_fn`` must not close over batched values: pass them as ``operands``.
 
@@ -154,7 +155,10 @@ def cond_any(pred: jax.Array, true_fn: Callable, false_fn: Callable, *operands):
                 other,
             )
 
-        out = jax.lax.cond(jnp.any(preds), both, batched_false, *operands)
+        def some(*operands):  # every member's own branch; true_fn alone when all take it
+            return jax.lax.cond(jnp.all(preds), batched_true, both, *operands)
+
+        out = jax.lax.cond(jnp.any(preds), some, batched_false, *operands)
         return out, jax.tree_util.tree_map(lambda _: True, out)
 
     return branch(pred, *operands)

@@ -90,9 +90,10 @@ class EM:
     def statistics(self, rows: Rows, params: GaussianMixtureParams) -> Stats:
         """The E-step's summed :class:`Stats` (the first half of :meth:`step`).
 
-        The fused kernels expand (x - mu)^2 around the data's centre; tight
-        components far from it (float32) take the exact difference-based pass.
-        (cond_any: under vmap only the members that need it pay for it.)
+        The fused kernels expand (x - mu)^2 around the data's centre; when tight
+        components sit far from it (float32), around the components' precision-weighted
+        mean instead, and when that is not enough either, the exact difference-based
+        pass runs. (cond_any: under vmap only the members that need it pay for it.)
         """
         reducer = self.reducer
         model = covariance_model(params.covariance_type)
@@ -112,14 +113,25 @@ class EM:
             )
         if not model.expanded_density:
             return e_step(rows, params, reducer)
-        origin = expansion_origin(params)
+
+        def expanded_elsewhere(rows, params):
+            # Around the tight components (expansion_origin), else the exact pass.
+            origin = expansion_origin(params)
+            return cond_any(
+                needs_exact_e_step(params, origin),
+                lambda rows, p, origin: exact_e_step(rows, p, p.means, reducer),
+                lambda rows, p, origin: e_step(rows, p, reducer, origin),
+                rows,
+                params,
+                origin,
+            )
+
         return cond_any(
-            needs_exact_e_step(params, origin),
-            lambda rows, p, origin: exact_e_step(rows, p, p.means, reducer),
-            lambda rows, p, origin: e_step(rows, p, reducer, origin),
+            needs_exact_e_step(params),
+            expanded_elsewhere,
+            lambda rows, p: e_step(rows, p, reducer),
             rows,
             params,
-            origin,
         )
 
     def update(self, stats: Stats) -> GaussianMixtureParams:

@@ -7,7 +7,7 @@ import pytest
 
 import jaxgmm
 import jaxgmm._batching as batching
-from jaxgmm._batching import group_size, map_in_groups
+from jaxgmm._batching import cond_any, group_size, map_in_groups
 from jaxgmm._chunking import CHUNK_ELEMENTS
 
 
@@ -108,3 +108,30 @@ def test_chunk_products_are_products_for_one_fit_and_sums_per_group_member(n_row
     np.testing.assert_allclose(grouped_fn(a, b), expected, rtol=1e-12)
     assert "dot_general" in single
     assert ("dot_general" in grouped) == (n_rows >= GROUP_PRODUCT_MIN_ROWS)
+
+
+def test_cond_any_under_vmap_runs_only_the_branches_its_members_take():
+    """Batched cond_any: each member gets its own branch's value, and a branch that no
+    member takes does not run (all true: true_fn alone; none: false_fn alone)."""
+    ran = set()
+
+    def true_fn(x):
+        jax.debug.callback(lambda: ran.add("true"))
+        return 2.0 * x
+
+    def false_fn(x):
+        jax.debug.callback(lambda: ran.add("false"))
+        return x - 1.0
+
+    batched = jax.jit(jax.vmap(lambda x: cond_any(x > 0, true_fn, false_fn, x)))
+    for values, expected in [
+        ([1.0, 2.0, 3.0], {"true"}),
+        ([-1.0, -2.0, -3.0], {"false"}),
+        ([1.0, -2.0, 3.0], {"true", "false"}),
+    ]:
+        ran.clear()
+        x = np.array(values)
+        out = batched(jnp.asarray(x))
+        jax.effects_barrier()
+        np.testing.assert_array_equal(out, np.where(x > 0, 2.0 * x, x - 1.0))
+        assert ran == expected

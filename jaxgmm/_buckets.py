@@ -73,8 +73,8 @@ def row_layout(n_rows: int, max_chunk: int, work: int | None = None) -> tuple[in
     Args:
         n_rows: N, the number of real rows (>= 1).
         max_chunk: the largest chunk the kernel wants (rows).
-        work: a fit's rows x features x components x restarts, if known: at least
-            :data:`FINE_WORK` takes the fine grid at every size.
+        work: a fit's :func:`fit_work`, if known: at least :data:`FINE_WORK` takes
+            the fine grid at every size.
 
     Returns:
         (padded rows N_pad >= N, chunk rows C <= max_chunk) with N_pad a multiple of C;
@@ -113,6 +113,12 @@ def _fine_grid_rows(n_rows: int) -> int:
     """The fine grid's size for ``n_rows`` rows: steps of at most 1/16 of the size."""
     step = 1 << max(0, n_rows.bit_length() - 1 - int(math.log2(FINE_STEPS)))
     return _round_up(n_rows, max(step, ROW_ALIGN))
+
+
+def fit_work(n_rows: int, n_features: int, n_components: int, n_fits: int) -> int:
+    """Rows x features x components x fits (restarts, times data sets for ``fit_many``):
+    the ``work`` that :func:`row_layout` compares with :data:`FINE_WORK`."""
+    return int(n_rows) * int(n_features) * int(n_components) * int(n_fits)
 
 
 def row_work(n_rows: int, n_features: int) -> int:

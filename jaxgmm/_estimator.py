@@ -37,7 +37,13 @@ from jaxgmm._inference import score as _score
 from jaxgmm._init import INIT_METHODS
 from jaxgmm._online import online_em as _online_em
 from jaxgmm._options import DEFAULTS, MATMUL_PRECISIONS
-from jaxgmm._params import ARRAY_FIELDS, FitResult, GaussianMixtureParams, Status
+from jaxgmm._params import (
+    ARRAY_FIELDS,
+    FitResult,
+    GaussianMixtureParams,
+    Status,
+    arrays_on_device,
+)
 from jaxgmm._sharding import leading_axis_sharding
 from jaxgmm._validation import NAN_POLICIES, mark_checked
 from jaxgmm._validation import check_data_array as _check_data_array
@@ -234,7 +240,7 @@ class _FittedParams:
     def on_device(self) -> GaussianMixtureParams:
         """The parameters as JAX arrays (moved there, in one transfer, on first use)."""
         params = self._params
-        if not all(isinstance(getattr(params, name), jax.Array) for name in ARRAY_FIELDS):
+        if not arrays_on_device(params):
             arrays = jax.device_put({name: getattr(params, name) for name in ARRAY_FIELDS})
             self._params = mark_checked(dataclasses.replace(params, **arrays))
         return self._params

@@ -17,6 +17,7 @@ from jaxgmm._buckets import (
     component_bucket,
     copy_free,
     first_rows,
+    fit_work,
     history_length,
     row_layout,
     row_work,
@@ -371,8 +372,11 @@ def fit(
         # Restarts multiply the work of every padded component (W2: 256 of them).
         work = row_work(n_samples, n_features) * int(n_init)
         n_padded = component_bucket(n_components, work)
-        fit_work = n_samples * n_features * n_components * int(n_init)
-        n_rows, chunk = row_layout(max(n_samples, n_padded), max_chunk, fit_work)
+        n_rows, chunk = row_layout(
+            max(n_samples, n_padded),
+            max_chunk,
+            fit_work(n_samples, n_features, n_components, n_init),
+        )
         inits = _pad_components(inits, covariance_type, n_components, n_padded)
         # Tiny problems: one program for all four covariance types (_covariance.Projected);
         # not inside the caller's jit, which compiles its own program anyway.
@@ -769,8 +773,8 @@ def fit_many(
         incomplete=mask is not None,
         missing_only=True,
     )
-    fit_work = n_models * n_samples * n_features * n_components * int(n_init)
-    n_rows, chunk = row_layout(n_samples, max_chunk, fit_work)
+    work = fit_work(n_samples, n_features, n_components, n_models * n_init)
+    n_rows, chunk = row_layout(n_samples, max_chunk, work)
     if n_rows > n_samples:  # zero-weight copies of each data set's first row
         pad = n_rows - n_samples
         X = np.concatenate([X, np.broadcast_to(X[:, :1], (n_models, pad, n_features))], axis=1)
@@ -901,8 +905,8 @@ def _fit_sharded_models(
         ).reshape(n_models, n_samples)
     inits = check_initial_params(*inits, covariance_type, n_components, n_features, dtype)
     max_chunk = _max_chunk(options["chunk_size"], n_components, n_features, covariance_type)
-    fit_work = n_models * n_samples * n_features * n_components * int(options["n_init"])
-    n_rows, chunk = row_layout(n_samples, max_chunk, fit_work)
+    work = fit_work(n_samples, n_features, n_components, n_models * options["n_init"])
+    n_rows, chunk = row_layout(n_samples, max_chunk, work)
     X, W = _pad_models_rows(X, W, n_rows, sharding)
     keys = keys_for_range(key, n_models)
     keys = jax.device_put(keys, sharding.named())

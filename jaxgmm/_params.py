@@ -156,6 +156,11 @@ def first_components(params: GaussianMixtureParams, n_components: int) -> Gaussi
 _SCORING_COPIES = "_jaxgmm_scoring_copies"
 
 
+def arrays_on_device(params: GaussianMixtureParams) -> bool:
+    """Whether every array field of ``params`` is a JAX array (not NumPy)."""
+    return all(isinstance(getattr(params, name), jax.Array) for name in ARRAY_FIELDS)
+
+
 def padded_components(
     params: GaussianMixtureParams, n_padded: int, as_full: bool = False
 ) -> GaussianMixtureParams:
@@ -180,8 +185,7 @@ def padded_components(
         arrays with K_pad components (a tied covariance is shared and unchanged unless
         ``as_full``).
     """
-    on_device = all(isinstance(getattr(params, name), jax.Array) for name in ARRAY_FIELDS)
-    if params.n_components == n_padded and not as_full and on_device:
+    if params.n_components == n_padded and not as_full and arrays_on_device(params):
         return params
     cache = params.__dict__.setdefault(_SCORING_COPIES, {})
     if (n_padded, as_full) not in cache:
